@@ -1,0 +1,164 @@
+"""Sample-index benchmark: build a synthetic index, time lookups before and after compaction.
+
+The shape follows a real run: ``rows / epochs`` samples, reshuffled every
+epoch, ``batch`` samples per optimizer step, a part flushed every
+``steps_per_part`` steps (as a recorder would), then one compaction.
+
+"Cold" means a fresh :class:`~deltastore.index.SampleIndex` (listing the
+directory, mapping and parsing every part's footer, then the lookup); the OS
+page cache is warm, since the files were just written. "Warm" is the same
+call again on the same reader.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deltastore.index import IndexWriter, SampleIndex
+
+__all__ = ["run_index_benchmark"]
+
+
+def _timed(fn, repeats: int) -> tuple[float, float, object]:
+    """(min seconds, median seconds, last result) of ``repeats`` calls."""
+    times = []
+    result = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), float(np.median(times)), result
+
+
+def _lookup_figures(directory: Path, id_type: str, committed: int, queries: dict[int, object], repeats: int) -> dict:
+    out: dict[str, float] = {}
+    for k, q in queries.items():
+        def cold(q=q):
+            return SampleIndex(directory, id_type, committed).lookup(q)
+
+        cmin, cmed, (steps, unknown) = _timed(cold, repeats)
+        index = SampleIndex(directory, id_type, committed)
+        index.lookup(q)
+        wmin, wmed, _ = _timed(lambda q=q: index.lookup(q), repeats)
+        out[f"lookup_{k}_cold_ms"] = round(cmed * 1e3, 2)
+        out[f"lookup_{k}_cold_min_ms"] = round(cmin * 1e3, 2)
+        out[f"lookup_{k}_warm_ms"] = round(wmed * 1e3, 3)
+        out[f"lookup_{k}_warm_min_ms"] = round(wmin * 1e3, 3)
+        out[f"lookup_{k}_steps"] = int(len(steps))
+        assert not unknown, "benchmark queries are all known ids"
+    t0 = time.perf_counter()
+    index = SampleIndex(directory, id_type, committed)
+    _ = index.num_parts
+    out["open_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+    step = committed // 2
+    smin, smed, ids = _timed(lambda: index.samples_for(step), repeats)
+    out["samples_for_ms"] = round(smed * 1e3, 2)
+    out["samples_for_len"] = len(ids)
+    return out
+
+
+def run_index_benchmark(
+    rows: int,
+    seed: int = 0,
+    *,
+    id_type: str = "int64",
+    compression: str | None = None,
+    epochs: int = 8,
+    batch: int = 128,
+    steps_per_part: int = 64,
+    row_group_size: int = 65536,
+    lookup_sizes: tuple[int, ...] = (1, 1000, 100_000),
+    repeats: int = 3,
+    directory: str | Path | None = None,
+) -> dict:
+    """Build a synthetic sample index of about ``rows`` rows and return figures.
+
+    Parameters
+    ----------
+    rows
+        Target row count; ``rows // epochs`` samples each appear once per epoch.
+    seed
+        Seeds the epoch shuffles and the query draws.
+    id_type, compression, row_group_size
+        Passed to :class:`~deltastore.index.IndexWriter`.
+    epochs, batch, steps_per_part
+        Run shape: samples per step and steps per flushed part.
+    lookup_sizes
+        Numbers of distinct known ids per timed lookup (capped at the sample count).
+    repeats
+        Timed repetitions; medians are reported (plus the minimum for lookups).
+    directory
+        Where to build the index (a temporary directory, removed afterwards, when None).
+
+    Returns
+    -------
+    dict
+        Plain numbers: row and part counts, build and compaction seconds,
+        bytes per row, and for the uncompacted (``many_parts.*``) and the
+        compacted (``compacted.*``) index: cold and warm lookup milliseconds per
+        lookup size, open time, ``samples_for`` time.
+    """
+    rng = np.random.default_rng(seed)
+    n_samples = max(1, rows // epochs)
+    own_dir = directory is None
+    root = Path(tempfile.mkdtemp(prefix="index-bench-")) if own_dir else Path(directory)
+    index_dir = root / "index"
+
+    def ident(ids: np.ndarray):
+        if id_type == "int64":
+            return ids
+        return [f"sample-{i:09d}" for i in ids.tolist()]
+
+    try:
+        writer = IndexWriter(index_dir, id_type, row_group_size=row_group_size, compression=compression)
+        step = 0
+        t0 = time.perf_counter()
+        for epoch in range(epochs):
+            perm = rng.permutation(n_samples).astype(np.int64)
+            for start in range(0, n_samples, batch):
+                writer.add(step, epoch, ident(perm[start : start + batch]))
+                step += 1
+                if step % steps_per_part == 0:
+                    writer.flush()
+        writer.flush()
+        build_s = time.perf_counter() - t0
+        committed = step
+
+        queries = {
+            k: ident(np.sort(rng.choice(n_samples, size=min(k, n_samples), replace=False)))
+            for k in lookup_sizes
+        }
+        fresh = SampleIndex(index_dir, id_type, committed)
+        result: dict = {
+            "rows": fresh.num_rows,
+            "samples": n_samples,
+            "steps": committed,
+            "id_type": id_type,
+            "compression": compression,
+            "row_group_size": row_group_size,
+            "build_s": round(build_s, 2),
+            "build_rows_per_s": round(fresh.num_rows / build_s),
+            "many_parts.parts": fresh.num_parts,
+            "many_parts.bytes_per_row": round(fresh.nbytes / max(1, fresh.num_rows), 2),
+        }
+        for key, value in _lookup_figures(index_dir, id_type, committed, queries, repeats).items():
+            result[f"many_parts.{key}"] = value
+
+        t0 = time.perf_counter()
+        writer.compact(committed)
+        result["compact_s"] = round(time.perf_counter() - t0, 2)
+        compacted = SampleIndex(index_dir, id_type, committed)
+        result["compacted.parts"] = compacted.num_parts
+        result["compacted.bytes_per_row"] = round(compacted.nbytes / max(1, compacted.num_rows), 2)
+        result["compacted.mapped"] = all(p.mapped for p in compacted._open())
+        for key, value in _lookup_figures(index_dir, id_type, committed, queries, repeats).items():
+            result[f"compacted.{key}"] = value
+        return result
+    finally:
+        if own_dir:
+            shutil.rmtree(root, ignore_errors=True)
