@@ -1,0 +1,277 @@
+"""Recorder: attach to any torch optimizer and record what each step changed.
+
+Three lines in a training loop::
+
+    rec = Recorder("run.ds", model, optimizer)      # 1: create the store, attach hooks
+    ...
+        rec.samples(batch_ids, epoch=epoch)         # 2: before optimizer.step()
+        optimizer.step()
+    ...
+    rec.close()                                     # 3: or use `with Recorder(...) as rec:`
+
+It records the *actual* change w_after - w_before of every parameter the
+optimizer owns (so SGD, momentum, Adam, AdamW with weight decay all work), and
+the change of every floating-point buffer (BatchNorm running statistics, which
+change in the forward pass: each step is charged with the change since the
+previous step, so the changes still sum to final - initial).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import (
+    InvalidArgumentError,
+    MissingSampleIdsError,
+    ModelMismatchError,
+    RecorderClosedError,
+)
+from .format import DEFAULT_CODEC, DEFAULT_VALUE_DTYPE, Group, model_fingerprint
+from .index import parse_sample_ids
+from .masks import MaskGenerator
+from .plan import PruningPlan, TensorSpec
+from .selection import select_top_magnitude
+from .writer import DEFAULT_BUFFER_BYTES, DEFAULT_STEPS_PER_SHARD, StoreWriter, load_manifest
+
+
+def recorded_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(parameters the optimizer updates, floating-point buffers) by name.
+
+    Frozen parameters (not in the optimizer, or requires_grad=False) never change,
+    so they are not recorded; tied parameters appear once, under their first name.
+    """
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    params: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) in owned and p.requires_grad:
+            params[name] = p
+            seen.add(id(p))
+    unknown = owned - seen - {id(p) for _, p in model.named_parameters() if not p.requires_grad}
+    if unknown:
+        raise ModelMismatchError(
+            f"optimizer: expected every optimized parameter to belong to the model, found {len(unknown)} that do not"
+        )
+    if not params:
+        raise ModelMismatchError("model: expected at least one trainable parameter owned by the optimizer, found none")
+    buffers = {name: b for name, b in model.named_buffers() if b is not None and b.is_floating_point()}
+    return params, buffers
+
+
+def specs_of(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> list[TensorSpec]:
+    out = [TensorSpec(n, tuple(t.shape), str(t.dtype).replace("torch.", ""), "parameter") for n, t in params.items()]
+    out += [TensorSpec(n, tuple(t.shape), str(t.dtype).replace("torch.", ""), "buffer") for n, t in buffers.items()]
+    return out
+
+
+def _check_same_tensors(expected: list[TensorSpec], got: list[TensorSpec], where: str) -> None:
+    exp = {s.name: s for s in expected}
+    have = {s.name: s for s in got}
+    problems = []
+    for name in sorted(set(exp) - set(have)):
+        problems.append(f"missing {name}")
+    for name in sorted(set(have) - set(exp)):
+        problems.append(f"unknown {name}")
+    for name in sorted(set(exp) & set(have)):
+        a, b = exp[name], have[name]
+        if (a.shape, a.dtype, a.kind) != (b.shape, b.dtype, b.kind):
+            problems.append(f"{name}: expected {a.kind} {a.dtype}{list(a.shape)}, got {b.kind} {b.dtype}{list(b.shape)}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... ({len(problems)} in all)" if len(problems) > 10 else "")
+        raise ModelMismatchError(f"{where}: model does not match the store: {shown}")
+
+
+class Recorder:
+    """Record the pruned update of every optimizer step into a deltastore store.
+
+    Parameters
+    ----------
+    store : path of the store directory; ``mode="w"`` creates it (refuses to
+        overwrite anything), ``mode="a"`` reopens it, drops an uncommitted tail
+        left by a crash and resumes at the next step.
+    model, optimizer : what to record. Hooks are registered on the optimizer
+        and removed by :meth:`close`.
+    plan : :class:`PruningPlan`; default the paper's layer-wise schedule, random mode.
+    value_dtype : "bfloat16" (default), "float32", "float16" or "int8".
+    grad_accumulation : if False (default), calling :meth:`samples` twice without
+        a step in between means the first step was skipped (fp16 GradScaler found
+        inf/nan): its ids are dropped and ``skipped_steps`` counts it. If True,
+        ids given across micro-batches all belong to the next real step.
+    buffer_bytes : bound on host memory for buffered steps (both halves of the
+        double buffer); fewer steps per flush when one step is large.
+    fsync : also survive power loss (fsync every committed file); a killed
+        process loses at most the uncommitted tail either way.
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        plan: PruningPlan | None = None,
+        mode: str = "w",
+        value_dtype: str = DEFAULT_VALUE_DTYPE,
+        codec: str = DEFAULT_CODEC,
+        codec_level: int | None = None,
+        sample_id_type: str = "int64",
+        mask_seed: int = 0,
+        grad_accumulation: bool = False,
+        record_buffers: bool = True,
+        steps_per_shard: int = DEFAULT_STEPS_PER_SHARD,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        fsync: bool = False,
+    ):
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidArgumentError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InvalidArgumentError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if mode not in ("w", "a"):
+            raise InvalidArgumentError(f"mode: expected 'w' (create) or 'a' (append), got {mode!r}")
+        self.model = model
+        self.optimizer = optimizer
+        params, buffers = recorded_tensors(model, optimizer)
+        if not record_buffers:
+            buffers = {}
+        self._params, self._buffers = params, buffers
+        specs = specs_of(params, buffers)
+        pin = any(t.is_cuda for t in list(params.values()) + list(buffers.values()))
+        if mode == "w":
+            self.writer = StoreWriter.create(
+                store, specs, plan=plan, value_dtype=value_dtype, codec=codec, codec_level=codec_level,
+                mask_seed=mask_seed, sample_id_type=sample_id_type, steps_per_shard=steps_per_shard,
+                buffer_bytes=buffer_bytes, fsync=fsync, pin_memory=pin,
+            )
+        else:
+            manifest = load_manifest(Path(store))
+            _check_same_tensors(list(manifest.tensors), specs, str(store))
+            self.writer = StoreWriter.open_append(store, buffer_bytes=buffer_bytes, fsync=fsync, pin_memory=pin)
+        self.manifest = self.writer.manifest
+        self._masks = MaskGenerator(self.manifest.mask_seed, self.manifest.mask_pool)
+        self._tensors = {**params, **buffers}
+        self.grad_accumulation = bool(grad_accumulation)
+        self._pending_ids: list = []
+        self._pending_epoch = 0
+        self._before: dict[int, Any] = {}
+        # Buffers change in forward passes: remember what they were after the last step.
+        self._buffer_last = {n: b.detach().float().reshape(-1).clone() for n, b in buffers.items()}
+        self.skipped_steps = 0
+        self._closed = False
+        self._pre = optimizer.register_step_pre_hook(self._pre_step)
+        self._post = optimizer.register_step_post_hook(self._post_step)
+
+    # ---- the user-facing line -------------------------------------------------
+    def samples(self, sample_ids, epoch: int = 0) -> None:
+        """Declare the ids of the samples in the batch that the next optimizer step uses.
+
+        ``epoch`` (0-based) is kept in the index for audits; it does not affect forgetting.
+        """
+        self._check_open()
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= int(epoch) < 2**31:
+            raise InvalidArgumentError(f"epoch: expected an integer in [0, 2**31), got {epoch!r}")
+        ids = parse_sample_ids(sample_ids, self.manifest.sample_id_type)
+        if len(ids) == 0:
+            raise MissingSampleIdsError("samples(): expected at least one sample id for the step, got an empty batch")
+        if self._pending_ids and not self.grad_accumulation:
+            self.skipped_steps += 1  # the previous batch's step never ran (e.g. GradScaler skip)
+            self._pending_ids = []
+        self._pending_ids.append(ids)
+        self._pending_epoch = int(epoch)
+
+    @property
+    def step(self) -> int:
+        """Index of the next step to be recorded (= steps recorded so far)."""
+        return self.writer.next_step
+
+    # ---- hooks ---------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderClosedError("recorder is closed: create a new Recorder(mode='a') to record more steps")
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        self._check_open()
+        if not self._pending_ids:
+            raise MissingSampleIdsError(
+                f"step {self.step}: expected recorder.samples(ids) before optimizer.step(), got no sample ids"
+            )
+        self.writer.begin()
+        step = self._step_in_flight = self.writer.next_step
+        self._before.clear()
+        for g in self.manifest.groups:
+            tensors = [self._tensors[n] for n in g.tensors]
+            if self.manifest.tensor(g.tensors[0]).kind == "buffer":
+                continue
+            if g.selection == "random":
+                # Only the k kept values are copied: the mask is known before the step.
+                self._before[g.id] = self._masks.gather(tensors[0].detach().reshape(-1), step, g.id, g.k).float()
+            else:
+                self._before[g.id] = [t.detach().float().reshape(-1).clone() for t in tensors]
+
+    @torch.no_grad()
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        step_ids = self._merge_ids()
+        for g in self.manifest.groups:
+            self._record_group(g)
+        self.writer.end_step(step_ids, self._pending_epoch)
+        self._pending_ids = []
+        self._before.clear()
+
+    def _merge_ids(self):
+        if len(self._pending_ids) == 1:
+            return self._pending_ids[0]
+        if self.manifest.sample_id_type == "string":
+            return [i for part in self._pending_ids for i in part]
+        return np.concatenate(self._pending_ids)
+
+    def _record_group(self, g: Group) -> None:
+        tensors = [self._tensors[n] for n in g.tensors]
+        if self.manifest.tensor(g.tensors[0]).kind == "buffer":
+            name = g.tensors[0]
+            now = tensors[0].detach().float().reshape(-1)
+            delta = now - self._buffer_last[name]
+            self._buffer_last[name].copy_(now)
+            self.writer.put(g, delta)
+            return
+        before = self._before[g.id]
+        if g.selection == "random":
+            vals = self._masks.gather(tensors[0].detach().reshape(-1), self._step_in_flight, g.id, g.k).float() - before
+            self.writer.put(g, vals)
+            return
+        delta = torch.cat([t.detach().float().reshape(-1) - b for t, b in zip(tensors, before)]) if len(tensors) > 1 else tensors[0].detach().float().reshape(-1) - before[0]
+        if g.selection == "all":
+            self.writer.put(g, delta)
+        else:
+            idx = select_top_magnitude(delta, g.k)
+            self.writer.put(g, delta.index_select(0, idx), idx)
+
+    # ---- lifecycle ------------------------------------------------------------
+    def flush(self) -> None:
+        """Commit all recorded steps now (they are durable when this returns)."""
+        self._check_open()
+        self.writer.flush()
+
+    def close(self, *, fingerprint: bool = True) -> None:
+        """Remove the hooks, commit every recorded step, record the model's fingerprint."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pre.remove()
+        self._post.remove()
+        fp = model_fingerprint(self._tensors) if fingerprint else None
+        self.writer.close(fp)
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On error the model may be mid-step: commit the whole steps, but claim no fingerprint.
+        self.close(fingerprint=exc_type is None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
