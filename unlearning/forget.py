@@ -1,0 +1,204 @@
+"""forget / restore: turn a deletion request into a new model, with a receipt and a ledger entry.
+
+forget(model, store, ids):  index → affected steps (minus those already
+subtracted) → ``StoreReader.sum_updates`` streams their stored updates to the
+device → one subtraction at the end: w' = w − Σ pruned Δw (paper eq. 7; eq. 4
+when the store is dense). Everything that can fail (unknown ids, a corrupted
+chunk, a model that does not match) fails *before* the model is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Mapping
+
+import torch
+
+from deltastore.errors import (
+    FingerprintMismatchError,
+    InvalidArgumentError,
+    LedgerError,
+    ModelMismatchError,
+    UnknownSampleIdsError,
+)
+from deltastore.format import model_fingerprint
+from deltastore.index import parse_sample_ids
+from deltastore.plan import PruningPlan
+from deltastore.reader import StoreReader, parse_device
+
+from .ledger import Ledger, Receipt, new_request_id, parse_request_id
+
+
+def _named_tensors(model, reader: StoreReader) -> dict[str, torch.Tensor]:
+    """The store's recorded tensors, taken from a module or a state dict."""
+    if isinstance(model, torch.nn.Module):
+        named = dict(model.named_parameters(remove_duplicate=False))
+        named.update(dict(model.named_buffers(remove_duplicate=False)))
+    elif isinstance(model, Mapping):
+        named = dict(model)
+    else:
+        raise InvalidArgumentError(f"model: expected a torch.nn.Module or a state dict, got {type(model).__name__}")
+    reader.check_model(named)
+    out = {}
+    for t in reader.manifest.tensors:
+        tensor = named[t.name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise ModelMismatchError(f"{t.name}: expected a floating-point tensor, got {getattr(tensor, 'dtype', type(tensor).__name__)}")
+        out[t.name] = tensor
+    return out
+
+
+def _open(store) -> StoreReader:
+    return store if isinstance(store, StoreReader) else StoreReader(store)
+
+
+def _check_fingerprint(current: str, expected: str | None, force: bool, where: str) -> None:
+    if expected is None or current == expected or force:
+        return
+    raise FingerprintMismatchError(
+        f"{where}: the model is not in the state the store expects (expected fingerprint {expected[:23]}..., "
+        f"got {current[:23]}...); load the model the store's last request produced, or pass force=True"
+    )
+
+
+def _apply(named: dict[str, torch.Tensor], updates: dict[str, torch.Tensor], sign: float) -> None:
+    with torch.no_grad():
+        for name, upd in updates.items():
+            t = named[name]
+            upd = upd.to(t.device, non_blocking=True)
+            if t.dtype == torch.float32:
+                t.add_(upd, alpha=sign)
+            else:  # bf16/fp16 parameters: do the arithmetic in float32, round once
+                t.copy_((t.float() + sign * upd).to(t.dtype))
+
+
+def forget(
+    model,
+    store,
+    sample_ids,
+    *,
+    device=None,
+    plan: PruningPlan | None = None,
+    request_id: str | None = None,
+    allow_unknown: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    lock_timeout: float = 60.0,
+) -> Receipt:
+    """Forget ``sample_ids``: subtract the stored updates of every step that saw them.
+
+    Parameters
+    ----------
+    model : nn.Module or state dict (modified in place).
+    store : path or an open :class:`StoreReader`.
+    sample_ids : ids of the store's declared type (int64 or string).
+    device : where updates are accumulated; default the model's device.
+    plan : unlearn-time pruning plan (dense stores only): one dense recording
+        serves a sweep of rates/modes, equal to recording with that plan.
+    allow_unknown : if False (default), ids the index never saw raise
+        UnknownSampleIdsError; if True they are listed in the receipt.
+    force : skip the fingerprint check (the model must still match names/shapes).
+    """
+    reader = _open(store)
+    ids = parse_sample_ids(sample_ids, reader.manifest.sample_id_type)
+    if len(ids) == 0:
+        raise InvalidArgumentError("sample_ids: expected at least one id to forget, got none")
+    named = _named_tensors(model, reader)
+    first = next(iter(named.values()))
+    dev = parse_device(device if device is not None else first.device)
+    request_id = parse_request_id(request_id) if request_id is not None else new_request_id()
+    steps, unknown = reader.index.lookup(ids)
+    if unknown and not allow_unknown:
+        shown = list(unknown)[:10]
+        raise UnknownSampleIdsError(
+            f"sample_ids: {len(unknown)} of {len(ids)} ids were never recorded in {reader.root} (e.g. {shown}); "
+            "pass allow_unknown=True to forget the rest and list them in the receipt",
+            ids=unknown,
+        )
+    ledger = Ledger(reader.root)
+    t0 = time.perf_counter()
+    with ledger.locked(lock_timeout):
+        entries = ledger.entries()
+        if any(r.request_id == request_id for r in entries):
+            raise LedgerError(f"request id {request_id!r}: already in the ledger; ids are unique")
+        before = model_fingerprint(named)
+        _check_fingerprint(before, Ledger.expected_fingerprint(entries, reader.model_fingerprint), force, str(reader.root))
+        done = Ledger.subtracted_steps(entries)
+        todo = [int(s) for s in steps if int(s) not in done]
+        skipped = [int(s) for s in steps if int(s) in done]
+        result = reader.sum_updates(todo, device=dev, plan=plan, progress=progress)  # may raise: model untouched
+        _apply(named, result.updates, -1.0)
+        receipt = Receipt(
+            request_id=request_id,
+            kind="forget",
+            sample_count=len(ids),
+            unknown_ids=[str(u) if isinstance(u, str) else int(u) for u in unknown],
+            steps=todo,
+            steps_already_subtracted=skipped,
+            bytes_read=result.bytes_read,
+            seconds=time.perf_counter() - t0,
+            read_seconds=result.seconds,
+            fingerprint_before=before,
+            fingerprint_after=model_fingerprint(named),
+            plan=plan.to_json() if plan is not None else None,
+            device=str(dev),
+            forced=bool(force),
+            created=time.time(),
+        )
+        ledger.append(receipt)
+    return receipt
+
+
+def restore(
+    model,
+    store,
+    request_id: str,
+    *,
+    device=None,
+    force: bool = False,
+    progress: bool = False,
+    lock_timeout: float = 60.0,
+) -> Receipt:
+    """Undo a forget request: add its subtracted updates back (with the same plan)."""
+    reader = _open(store)
+    named = _named_tensors(model, reader)
+    first = next(iter(named.values()))
+    dev = parse_device(device if device is not None else first.device)
+    ledger = Ledger(reader.root)
+    t0 = time.perf_counter()
+    with ledger.locked(lock_timeout):
+        entries = ledger.entries()
+        target = next((r for r in entries if r.request_id == request_id and r.kind == "forget"), None)
+        if target is None:
+            raise LedgerError(f"restore: expected a forget request {request_id!r} in {ledger.dir}, found none")
+        if Ledger.restored(entries, request_id):
+            raise LedgerError(f"restore: request {request_id!r} was already restored")
+        before = model_fingerprint(named)
+        _check_fingerprint(before, Ledger.expected_fingerprint(entries, reader.model_fingerprint), force, str(reader.root))
+        plan = PruningPlan.from_json(target.plan) if target.plan else None
+        result = reader.sum_updates(target.steps, device=dev, plan=plan, progress=progress)
+        _apply(named, result.updates, +1.0)
+        receipt = Receipt(
+            request_id=new_request_id(),
+            kind="restore",
+            sample_count=target.sample_count,
+            steps=list(target.steps),
+            bytes_read=result.bytes_read,
+            seconds=time.perf_counter() - t0,
+            read_seconds=result.seconds,
+            fingerprint_before=before,
+            fingerprint_after=model_fingerprint(named),
+            plan=target.plan,
+            device=str(dev),
+            restores=request_id,
+            forced=bool(force),
+            created=time.time(),
+        )
+        ledger.append(receipt)
+    return receipt
+
+
+def audit(store: str | os.PathLike) -> list[Receipt]:
+    """Every ledger entry of a store, in order."""
+    return Ledger(store).entries()
