@@ -35,16 +35,19 @@ COMMIT_FILE = "commit.json"
 INDEX_DIR = "index"
 
 VALUE_DTYPES = ("float32", "float16", "bfloat16", "int8")
-# bfloat16 keeps float32's exponent range (updates span many decades) with
-# half the bytes; see README for the measurement behind the default.
-DEFAULT_VALUE_DTYPE = "bfloat16"
+# int8 with one float32 scale per 256 values: a quarter of float32's bytes, and
+# on digits (MLP, class request, 2 seeds, shuffled and class-sorted batches) the
+# same retained/targeted accuracy as float32 to three decimals (README).
+DEFAULT_VALUE_DTYPE = "int8"
 DEFAULT_INT8_BLOCK = 256
 CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 DEFAULT_CODEC = "blosc-zstd"
 DEFAULT_CODEC_LEVEL = {"blosc-zstd": 3, "blosc-lz4": 5, "zstd": 3, "none": 0}
-# Inner chunks: one step of one group must be readable alone, but tiny groups
-# (biases) would drown in per-chunk headers, so small groups pack several steps.
-INNER_CHUNK_TARGET_BYTES = 64 * 1024
+# Inner chunks: one step of one group is read alone (a one-sample request reads
+# one row per epoch, not a block of neighbours), except rows under 4 KiB (biases),
+# which pack several steps so per-chunk headers stay negligible. Measured on the
+# digits MLP: 2 KiB to 64 KiB targets change int8 store size by < 1 %.
+INNER_CHUNK_TARGET_BYTES = 4 * 1024
 MAX_INNER_CHUNK_COLS = 1 << 22
 
 _STORAGE_NUMPY = {"float32": "float32", "float16": "float16", "bfloat16": "uint16", "int8": "int8"}

@@ -97,7 +97,7 @@ class Recorder:
     model, optimizer : what to record. Hooks are registered on the optimizer
         and removed by :meth:`close`.
     plan : :class:`PruningPlan`; default the paper's layer-wise schedule, random mode.
-    value_dtype : "bfloat16" (default), "float32", "float16" or "int8".
+    value_dtype : "int8" (default; per-block scale), "bfloat16", "float16" or "float32" (lossless).
     grad_accumulation : if False (default), calling :meth:`samples` twice without
         a step in between means the first step was skipped (fp16 GradScaler found
         inf/nan): its ids are dropped and ``skipped_steps`` counts it. If True,

@@ -3,7 +3,7 @@
 1. Train the paper's 2-layer MLP (hidden 500) on scikit-learn's digits for 8
    epochs (batch 128, Adam, lr 1e-3), recording every step twice in the same
    run: into the default store (paper layer-wise schedule, random masks,
-   bfloat16 values) and into a dense float32 store (ρ = 0, same codec), the
+   int8 values with a per-block scale) and into a dense float32 store (ρ = 0, same codec), the
    conventional amnesiac baseline.
 2. Forget class 3 (the paper's targeted class) from the default store, then
    restore it (the ledger's undo), then forget 1 % of the training samples
