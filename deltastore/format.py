@@ -50,6 +50,7 @@ DEFAULT_CODEC_LEVEL = {"blosc-zstd": 3, "blosc-lz4": 5, "zstd": 3, "none": 0}
 INNER_CHUNK_TARGET_BYTES = 4 * 1024
 MAX_INNER_CHUNK_COLS = 1 << 22
 
+SELECTIONS = ("all", "random", "magnitude")
 _STORAGE_NUMPY = {"float32": "float32", "float16": "float16", "bfloat16": "uint16", "int8": "int8"}
 _STORAGE_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
@@ -112,6 +113,8 @@ class Group:
 
     @classmethod
     def from_json(cls, obj: Mapping) -> "Group":
+        if obj["selection"] not in SELECTIONS:
+            raise FormatVersionError(f"group {obj.get('id')}: unknown selection {obj['selection']!r}, expected one of {SELECTIONS}")
         return cls(
             id=int(obj["id"]),
             tensors=tuple(obj["tensors"]),

@@ -21,28 +21,42 @@ Layout
   declared in ``sorting_columns``, statistics are on, row groups hold
   ``row_group_size`` rows so readers can skip row groups by min/max.
 - int64 stores, by default (``compression=None``), write ``sample_id`` and
-  ``step`` PLAIN and uncompressed, one data page per column chunk. That makes
-  each column chunk a plain little-endian int64 array inside the file: the
-  reader memory-maps the part, checks the page header (a ~60-line Thrift
-  compact parser, below) and binary-searches the mapped arrays directly. A
-  lookup then touches only the pages the search visits: no decoding, no
-  row-group reads. Anything that does not pass the check (a compressed part, a
-  file from another writer, string ids) goes through pyarrow: row groups
-  pruned by their ``sample_id`` statistics, then ``pyarrow.compute.is_in``.
-  ``compression="zstd"`` (or another codec) selects DELTA_BINARY_PACKED +
-  that codec instead: about 7x smaller, read through pyarrow.
+  ``step`` PLAIN and uncompressed, one data page per column chunk, so each
+  column chunk is a plain little-endian int64 array inside the file. The
+  reader memory-maps the part and proves that layout from the page headers
+  (a small Thrift compact parser, below); anything else (a compressed part, a
+  file from another writer, string ids) is read through pyarrow instead: row
+  groups pruned by their ``sample_id`` statistics, then
+  ``pyarrow.compute.is_in``. ``compression="zstd"`` (or another codec)
+  selects DELTA_BINARY_PACKED + that codec: ~7x smaller, read by decoding.
+- Searching a mapped part: the values sit at arbitrary byte offsets, and
+  ``np.searchsorted`` copies an unaligned array whole before searching, so a
+  small query runs a vectorised binary search that gathers only the probed
+  elements (~log2(n) rounds; only the touched pages are read), while a query
+  that would probe most of the part (n <= 1024 * queries, or a part of at
+  most 65,536 rows) searches an aligned copy kept for the reader's lifetime.
 
-Why this layout (measured on the project machine, 2 cores, 10 M rows =
-1.25 M samples x 8 epochs, 128 samples per step, ids reshuffled every epoch;
-figures from :func:`benchmarks.index_bench.run_index_benchmark`): 1,000 random
-ids fall into nearly every row group of a 10 M-row part, so row-group pruning
-alone reads the whole file; the best pyarrow-decoded variant
-(DELTA_BINARY_PACKED, uncompressed, 2.9 bytes/row) needs 40-75 ms just to
-decode the two columns, over the 50 ms target before any search. Smaller row
-groups trade that for footer parsing (~12 us per row group). The memory-mapped
-PLAIN layout costs ~16.5 bytes/row on disk but answers 1,000 ids in a few
-milliseconds from a fresh reader. The numbers in the final report of this
-module's author, and the benchmark, are the reference.
+Why this layout. Measured with :func:`benchmarks.index_bench.run_index_benchmark`
+on the project machine (2 cores, shared and loaded during the runs, so
+figures are upper bounds), 10 M rows = 1.25 M samples x 8 epochs, 128 samples
+per step, ids reshuffled every epoch, page cache warm:
+
+- 1,000 random ids hit every one of the 153 row groups of a 10 M-row part:
+  row-group pruning alone reads the whole file. The fastest decoded variant
+  (DELTA_BINARY_PACKED, uncompressed, 2.9 bytes/row) needs 40-75 ms just to
+  decode ``sample_id`` and ``step``; with zstd (2.2 bytes/row) a lookup of
+  1,000 ids took 140-155 ms. Smaller row groups cost ~12 us each in footer
+  parsing and still read most of the file.
+- The mapped PLAIN layout (16.5 bytes/row) answered 1,000 ids in 14-16 ms from
+  a fresh reader (open + lookup) and 4 ms warm; 1 id in ~10 ms cold (footer
+  and page headers of 153 row groups), <1 ms warm; 100,000 ids in ~80-110 ms.
+  With the page cache dropped, a first lookup took ~0.3 s.
+- Many parts cost an open each (~0.3-0.6 ms): 1,000 ids over 200 parts took
+  ~115 ms cold / ~45 ms warm, over 1,221 parts (a flush every 64 steps)
+  ~680 / 145 ms. ``compact`` (~5 s for 10 M rows) restores the single-part
+  figures, so writers should compact regularly.
+- String ids decode every touched row group (DELTA_BYTE_ARRAY, ~3.2
+  bytes/row): 1,000 ids in 1 M rows took ~45-60 ms, so ~0.5 s at 10 M rows.
 
 Visibility rules (readers)
 --------------------------
@@ -113,6 +127,9 @@ ID_TYPE_KEY = "deltastore.id_type"
 
 # 12 decimal digits in part names; the largest step must leave room for end = step + 1.
 STEP_LIMIT = 10**12 - 1
+# Up to this many rows a compacted part is stored DELTA + zstd: 1,000-id lookups
+# decode it in ~15 ms at 1 M rows (measured), and small stores stay small.
+AUTO_ZSTD_MAX_ROWS = 1_000_000
 _INT32_MAX = 2**31 - 1
 # One PLAIN page per column chunk must stay under Parquet's 2 GiB page size (int32).
 _MAX_ROW_GROUP = 1 << 27
@@ -385,7 +402,7 @@ def _parquet_options(id_type: str, compression: str | None, row_group_size: int)
             column_encoding={"sample_id": "PLAIN", "step": "PLAIN", "epoch": "DELTA_BINARY_PACKED"},
             data_page_size=row_group_size * 8 + (1 << 20),
         )
-        if "max_rows_per_page" in _WRITER_PARAMS:  # pyarrow >= 20; older ones cap pages at 20,000 rows
+        if "max_rows_per_page" in _WRITER_PARAMS:  # newer pyarrow also caps pages by rows (20,000)
             opts["max_rows_per_page"] = row_group_size
     elif id_type == "int64":
         opts.update(
@@ -396,7 +413,11 @@ def _parquet_options(id_type: str, compression: str | None, row_group_size: int)
         # Sorted strings share long prefixes: DELTA_BYTE_ARRAY stores each as (prefix length, suffix).
         opts.update(
             compression=compression or "none",
-            column_encoding={"sample_id": "DELTA_BYTE_ARRAY", "step": "DELTA_BINARY_PACKED", "epoch": "DELTA_BINARY_PACKED"},
+            column_encoding={
+                "sample_id": "DELTA_BYTE_ARRAY",
+                "step": "DELTA_BINARY_PACKED",
+                "epoch": "DELTA_BINARY_PACKED",
+            },
         )
     return opts
 
@@ -566,6 +587,8 @@ class IndexWriter:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._clear_buffer()
         live, _ = scan_parts(self._dir)
+        if live:  # one footer: catches a writer opened with the wrong id type early
+            _open_parquet(live[-1], self._id_type)
         self._end = max((r.end for r in live), default=0)
 
     @property
@@ -727,8 +750,14 @@ class IndexWriter:
             _fsync_path(self._dir)
         self._end = end
 
-    def compact(self, committed_steps: int, *, fsync: bool = False) -> Path | None:
+    def compact(self, committed_steps: int, *, fsync: bool = False, compression: str | None = "auto") -> Path | None:
         """Merge the committed live parts into one sorted part, then delete them.
+
+        ``compression="auto"`` (default) writes DELTA + zstd (~2.2 bytes/row)
+        when the merged part has at most ``AUTO_ZSTD_MAX_ROWS`` rows, where a
+        decoded lookup of 1,000 ids stays well under 50 ms, and the mapped
+        PLAIN layout (~16.5 bytes/row) above that; ``None`` or a codec name
+        forces one layout.
 
         Only parts with ``end <= committed_steps`` are merged (uncommitted rows
         stay where a later ``truncate`` can find them); the new part covers
@@ -749,9 +778,11 @@ class IndexWriter:
             return None
         tables = [_read_part_table(r, self._id_type) for r in merge]  # in step order
         table = _sort_dedupe(pa.concat_tables(tables).combine_chunks(), presorted_runs=True)
+        if compression == "auto":
+            compression = "zstd" if len(table) <= AUTO_ZSTD_MAX_ROWS else self._compression
         path = _write_part(
             self._dir, table, merge[0].first, merge[-1].end, id_type=self._id_type,
-            compression=self._compression, row_group_size=self._row_group_size, fsync=fsync,
+            compression=compression, row_group_size=self._row_group_size, fsync=fsync,
         )
         self._remove(merge)
         if fsync:
@@ -1229,24 +1260,27 @@ class SampleIndex:
 
     @property
     def id_type(self) -> str:
+        """``"int64"`` or ``"string"``."""
         return self._id_type
 
     @property
     def committed_steps(self) -> int:
+        """The commit counter this reader was opened at."""
         return self._committed
 
     def _open(self) -> list[_Part]:
         if self._parts is not None:
             return self._parts
-        for attempt in range(3):
+        attempts = 0
+        while True:
             live, _ = scan_parts(self._dir)
             try:
                 self._parts = [_Part(r, self._id_type) for r in live if r.first < self._committed]
                 return self._parts
             except FileNotFoundError:  # a concurrent compaction replaced a part: list again
-                if attempt == 2:
+                attempts += 1
+                if attempts == 3:
                     raise
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Drop the opened parts (and their memory maps)."""
@@ -1274,6 +1308,11 @@ class SampleIndex:
     def nbytes(self) -> int:
         """Bytes on disk of the live parts holding committed steps."""
         return sum(p.nbytes for p in self._open())
+
+    @property
+    def num_mapped_parts(self) -> int:
+        """Live parts searched in place through the memory map (the PLAIN int64 layout)."""
+        return sum(p.mapped for p in self._open())
 
     @property
     def part_paths(self) -> list[Path]:
@@ -1372,7 +1411,8 @@ class SampleIndex:
             order = np.lexsort((sid, step))
         else:
             sid = pa.chunked_array(sids, type=pa.string()).combine_chunks()
-            order = pc.sort_indices(pa.table({"step": step, "sid": sid}), [("step", "ascending"), ("sid", "ascending")]).to_numpy()
+            keys = pa.table({"step": step, "sid": sid})
+            order = pc.sort_indices(keys, [("step", "ascending"), ("sid", "ascending")]).to_numpy()
             sid = sid.take(pa.array(order)).to_pylist()
         step = step[order]
         if self._id_type == "int64":

@@ -333,13 +333,15 @@ def test_crash_during_truncate_rewrite(tmp_path):
     IndexWriter(tmp_path, "int64").truncate(5)
     live, dead = scan_parts(tmp_path)
     assert not dead and len(live) == 1 and live[0].end == 5
-    assert rewritten.exists() or live[0].path != old  # one of the two copies survived, rewritten
+    # The dead rewrite is deleted and the old part rewritten again: neither file is left.
+    assert not old.exists() and not rewritten.exists()
     assert SampleIndex(tmp_path, "int64", 5).num_rows == 5
 
 
 def test_equal_ranges_keep_smaller_name(tmp_path):
     schema = index_schema("int64")
-    for name, ids in (("part-000000000000-000000000002-0000000a.parquet", [1]), ("part-000000000000-000000000002-0000000b.parquet", [2])):
+    for suffix, ids in (("a", [1]), ("b", [2])):
+        name = f"part-000000000000-000000000002-0000000{suffix}.parquet"
         table = pa.table({"sample_id": ids, "step": [0], "epoch": pa.array([0], pa.int32())}, schema=schema)
         pq.write_table(table, tmp_path / name)
     index = SampleIndex(tmp_path, "int64", 2)
@@ -436,22 +438,23 @@ def test_reader_layouts(tmp_path):
         w = IndexWriter(tmp_path / name, id_type, compression=compression)
         w.add(0, 0, [1, 2] if id_type == "int64" else ["1", "2"])
         w.flush()
-        layouts[name] = SampleIndex(tmp_path / name, id_type, 1)._open()[0].mapped
-    assert layouts == {"plain": True, "zstd": False, "str": False}
+        layouts[name] = SampleIndex(tmp_path / name, id_type, 1).num_mapped_parts
+    assert layouts == {"plain": 1, "zstd": 0, "str": 0}
 
     # Same rows, written PLAIN but in many small pages: the header check must refuse the mapping.
     d = tmp_path / "paged"
     d.mkdir()
     n = 5000
     table = pa.table(
-        {"sample_id": np.arange(n), "step": np.arange(n) % 7, "epoch": np.zeros(n, np.int32)}, schema=index_schema("int64")
+        {"sample_id": np.arange(n), "step": np.arange(n) % 7, "epoch": np.zeros(n, np.int32)},
+        schema=index_schema("int64"),
     )
     pq.write_table(
         table, d / "part-000000000000-000000000007-00000001.parquet", use_dictionary=False, compression="none",
         data_page_size=1024, sorting_columns=[pq.SortingColumn(0), pq.SortingColumn(1)],
     )
     index = SampleIndex(d, "int64", 7)
-    assert index._open()[0].mapped is False
+    assert index.num_mapped_parts == 0
     assert index.steps_for([0, 9, 4999]).tolist() == [0, 1, 2]
     assert index.samples_for(3).tolist() == list(range(3, n, 7))
 
@@ -597,7 +600,7 @@ def test_part_of_the_other_id_type_is_corrupt(tmp_path):
     with pytest.raises(CorruptStoreError, match="id type 'string'"):
         SampleIndex(tmp_path, "int64", 2).lookup([1])
     with pytest.raises(CorruptStoreError, match="id type 'string'"):
-        IndexWriter(tmp_path, "int64").truncate(1)  # must read the straddling part to rewrite it
+        IndexWriter(tmp_path, "int64")
 
 
 def test_newer_index_version_is_refused(tmp_path):
@@ -614,7 +617,7 @@ def test_steps_outside_the_part_range_are_corrupt(tmp_path):
     with pytest.raises(CorruptStoreError, match="outside its range"):
         SampleIndex(tmp_path, "int64", 9).lookup([1])
     with pytest.raises(CorruptStoreError, match="outside its range"):
-        IndexWriter(tmp_path, "int64").truncate(1)
+        IndexWriter(tmp_path, "int64").truncate(1)  # must read the straddling part to rewrite it
 
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 not really"])
@@ -633,3 +636,29 @@ def test_fsync_paths(tmp_path):
     w.truncate(2, fsync=True)
     assert SampleIndex(tmp_path, "int64", 3).steps().tolist() == [0, 1]
     assert os.listdir(tmp_path) and all(n.startswith("part-") for n in os.listdir(tmp_path))
+
+
+def test_auto_compaction_compresses_small_indexes_and_keeps_lookups(tmp_path):
+    import deltastore.index as index_module
+
+    w = IndexWriter(tmp_path, "int64")
+    for step in range(6):
+        w.add(step, 0, np.arange(step * 10, step * 10 + 10))
+        w.flush()
+    plain = sum(p.stat().st_size for p in tmp_path.glob("part-*.parquet"))
+    w.compact(6)
+    (part,) = list(tmp_path.glob("part-*.parquet"))
+    assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert part.stat().st_size < plain
+    assert SampleIndex(tmp_path, "int64", 6).steps_for([15, 59]).tolist() == [1, 5]
+    # Above the threshold the mapped PLAIN layout is kept.
+    index_module_max = index_module.AUTO_ZSTD_MAX_ROWS
+    try:
+        index_module.AUTO_ZSTD_MAX_ROWS = 5
+        w.add(6, 0, np.arange(100, 110))
+        w.flush()
+        w.compact(7)
+        (part,) = list(tmp_path.glob("part-*.parquet"))
+        assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
+    finally:
+        index_module.AUTO_ZSTD_MAX_ROWS = index_module_max
