@@ -172,3 +172,9 @@ def test_wrong_id_type_empty_request_bad_device_and_mismatched_model(tmp_path):
         forget(model, tmp_path / "s", [1], device="quantum")
     with pytest.raises(errors.ModelMismatchError, match="conv.weight"):
         forget(TinyNet(width=4), tmp_path / "s", [1])
+
+
+def test_empty_store_is_an_error(tmp_path):
+    model, _, _ = record(tmp_path / "s", steps=0)
+    with pytest.raises(errors.EmptyStoreError, match="no committed steps|committed steps"):
+        forget(model, tmp_path / "s", [1])

@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 
 from deltastore.errors import (
+    EmptyStoreError,
     FingerprintMismatchError,
     InvalidArgumentError,
     LedgerError,
@@ -101,6 +102,8 @@ def forget(
     force : skip the fingerprint check (the model must still match names/shapes).
     """
     reader = _open(store)
+    if reader.committed_steps == 0:
+        raise EmptyStoreError(f"{reader.root}: expected a store with committed steps to forget from, got none (was recording closed?)")
     ids = parse_sample_ids(sample_ids, reader.manifest.sample_id_type)
     if len(ids) == 0:
         raise InvalidArgumentError("sample_ids: expected at least one id to forget, got none")
