@@ -98,6 +98,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from deltastore.format import fsync_dir as _fsync_path
 from deltastore.errors import (
     CorruptStoreError,
     FormatVersionError,
@@ -420,14 +421,6 @@ def _parquet_options(id_type: str, compression: str | None, row_group_size: int)
             },
         )
     return opts
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_part(

@@ -84,7 +84,7 @@ def run_demo(store: str | Path, *, dense_store: str | Path | None = None, device
     log(f"training the paper's MLP on digits ({data.x_train.shape[0]} train samples) for {epochs} epochs, recording twice")
     t0 = time.perf_counter()
     with Recorder(store, model, opt) as rec, Recorder(dense_store, model, opt, plan=PruningPlan.dense(), value_dtype="float32", codec=DEFAULT_CODEC) as dense_rec:
-        stats = train(model, data, epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=SEED, optimizer=opt, recorder=_Both(rec, dense_rec), device=dev)
+        train(model, data, epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=SEED, optimizer=opt, recorder=_Both(rec, dense_rec), device=dev)
     train_seconds = time.perf_counter() - t0
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     reader = StoreReader(store)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deltastore.errors import DeviceError, InvalidArgumentError
+from deltastore.devices import parse_device
+from deltastore.errors import InvalidArgumentError
 from unlearning.data import Dataset
 
 __all__ = ["REGIMES", "make_batches", "train", "predict"]
@@ -100,16 +101,6 @@ def make_batches(
     return out
 
 
-def _parse_device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"expected a torch device such as 'cpu' or 'cuda:0'; got {device!r}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} requested but CUDA is not available here")
-    return dev
-
-
 def _restrict(batches: Sequence[Sequence[torch.Tensor]], keep: torch.Tensor, n: int) -> list[list[torch.Tensor]]:
     """Drop from every batch the positions not in ``keep``; drop emptied batches."""
     mask = torch.zeros(n, dtype=torch.bool)
@@ -187,7 +178,7 @@ def train(
         ``{"steps": optimizer steps taken, "seconds": wall time,
         "losses": per-epoch sample-weighted mean training loss}``.
     """
-    dev = _parse_device(device)
+    dev = parse_device(device)
     n = data.y_train.numel()
     if train_indices is not None:
         train_indices = torch.as_tensor(train_indices, dtype=torch.int64).flatten().cpu()
@@ -251,7 +242,7 @@ def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device
     The model's train/eval mode is restored afterwards. ``model`` must
     already be on ``device``; ``x`` is moved there batch by batch.
     """
-    dev = _parse_device(device)
+    dev = parse_device(device)
     if int(batch_size) < 1:
         raise InvalidArgumentError(f"batch_size must be >= 1; got {batch_size}")
     was_training = model.training
