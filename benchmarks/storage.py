@@ -73,9 +73,11 @@ ROW_KEYS = ("model", "mode", "value_dtype", "plan", "params", "steps", "store_by
             "naive_bytes", "savings", "savings_raw", "index_bytes_per_row")
 
 # Per model: data, training and how much of the grid covers the whole run.
+# "threads": torch threads while recording (sizes do not depend on it): the small models'
+# ops are too small to split, and two threads per op on a busy 2-core machine wait on each other.
 FULL = {
-    "mlp": {"data": "digits", "epochs": 8, "batch": 128, "codec_check": True},
-    "lenet": {"data": "digits", "epochs": 8, "batch": 128},
+    "mlp": {"data": "digits", "epochs": 8, "batch": 128, "codec_check": True, "threads": 1},
+    "lenet": {"data": "digits", "epochs": 8, "batch": 128, "threads": 1},
     # 3x16x16 synthetic images (a quarter of CIFAR's pixels: the parameter count, which
     # sets the bytes, is unchanged at 11.2 M, the compute per step is a quarter).
     # 1280 images, class-sorted batches of 32: 40 steps per epoch, 3 epochs.
@@ -86,8 +88,8 @@ FULL = {
 # --quick: same code, fewer steps and configurations (<= 60 s on 2 quiet cores).
 QUICK = {
     "mlp": {"data": "digits", "epochs": 1, "batch": 128, "plans": ("layerwise", "uniform-50"), "codec_check": True,
-            "codec_modes": ("random",)},
-    "lenet": {"data": "digits", "epochs": 1, "batch": 128, "plans": ("layerwise",)},
+            "codec_modes": ("random",), "threads": 1},
+    "lenet": {"data": "digits", "epochs": 1, "batch": 128, "plans": ("layerwise",), "threads": 1},
     # 4 shuffled steps of batch 8 on the full-size network: stores, sizes and a forget, not its quality.
     "resnet18": {"data": "synthetic", "shape": (3, 16, 16), "n_train": 32, "n_test": 100, "epochs": 1, "batch": 8,
                  "regime": "shuffled", "full_grid": False, "uniform_window": 0, "topk_window": 0, "naive_steps": 1,
@@ -481,8 +483,13 @@ def run(*, quick: bool, device: str = "cpu", plots: str | None = None, out: str 
     rows, codec_rows_out, per_model = [], [], {}
     try:
         for name, spec in specs.items():
-            res = benchmark_model(name, spec, root / name, modes=modes, plans=plans, dtypes=dtypes,
-                                  codecs=name in codec_models, codec_rows=codec_rows)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(spec.get("threads", threads))
+            try:
+                res = benchmark_model(name, spec, root / name, modes=modes, plans=plans, dtypes=dtypes,
+                                      codecs=name in codec_models, codec_rows=codec_rows)
+            finally:
+                torch.set_num_threads(threads)
             rows += res.pop("rows")
             codec_rows_out += res.pop("codecs", [])
             per_model[name] = res
