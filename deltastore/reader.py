@@ -29,7 +29,8 @@ import torch
 import zarr
 from zarr.storage import LocalStore
 
-from .errors import CorruptStoreError, DeviceError, InvalidArgumentError, ModelMismatchError
+from .devices import parse_device  # noqa: F401  (re-exported: callers import it from here)
+from .errors import CorruptStoreError, InvalidArgumentError, ModelMismatchError
 from .format import INDEX_DIR, Group, Manifest, build_groups, decode_values, read_commit
 from .index import SampleIndex
 from .masks import MaskGenerator
@@ -57,21 +58,6 @@ class _CountingStore(LocalStore):
         if buf is not None:
             type(self).count(len(buf))  # class-level: zarr may copy the store object
         return buf
-
-
-def parse_device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r}: expected an index below {torch.cuda.device_count()}, got {dev.index}")
-    elif dev.type != "cpu":
-        raise DeviceError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-    return dev
 
 
 @dataclass
