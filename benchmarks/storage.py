@@ -93,7 +93,7 @@ QUICK = {
     # 4 shuffled steps of batch 8 on the full-size network: stores, sizes and a forget, not its quality.
     "resnet18": {"data": "synthetic", "shape": (3, 16, 16), "n_train": 32, "n_test": 100, "epochs": 1, "batch": 8,
                  "regime": "shuffled", "full_grid": False, "uniform_window": 0, "topk_window": 0, "naive_steps": 1,
-                 "plans": ("layerwise",), "modes": ("random",), "codec_rows": 2},
+                 "plans": ("layerwise",), "modes": ("random",), "codec_rows": 1, "threads": 1},
 }
 CODEC_MODELS = ("mlp", "resnet18")
 # int8 values: the Blosc default is bit shuffle; byte shuffle of 1-byte items is no shuffle.

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from benchmarks import index as index_bench
 from benchmarks import latency
+from deltastore import format as format_module
 from deltastore.format import decode_values, quantize_int8
 from deltastore.plan import PruningPlan
 from deltastore.reader import StoreReader, _decode, _read_rows
@@ -74,22 +75,29 @@ def test_latency_benchmark_tiny(tmp_path, capsys):
 
 # ---- the reader's fast paths equal the reference ones -------------------------------------
 @pytest.fixture(scope="module")
-def int8_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fast") / "s"
-    record(path, steps=9, steps_per_shard=4, plan=PruningPlan.layerwise(), value_dtype="int8")
-    return StoreReader(path)
+def stores(tmp_path_factory):
+    """An int8 store, and a magnitude-mode float16 one whose rows span several inner chunks."""
+    root = tmp_path_factory.mktemp("fast")
+    record(root / "int8", steps=9, steps_per_shard=4, plan=PruningPlan.layerwise(), value_dtype="int8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(format_module, "MAX_INNER_CHUNK_COLS", 50)
+        record(root / "f16", steps=9, steps_per_shard=4, plan=PruningPlan.layerwise(mode="magnitude"), value_dtype="float16")
+    readers = [StoreReader(root / "int8"), StoreReader(root / "f16")]
+    # Every array with its whole content read through Zarr once: the reference.
+    return [(r, [(arr, arr[:]) for arrs in (r._values, r._scales, r._indices) for arr in arrs if arr is not None]) for r in readers]
 
 
 @settings(max_examples=25, deadline=None)
 @given(rows=st.lists(st.integers(0, 8), min_size=1, max_size=12))
-def test_fast_row_reads_equal_zarr(int8_store, rows):
+def test_fast_row_reads_equal_zarr(stores, rows):
     sel = np.asarray(rows, dtype=np.int64)
-    for arrs in (int8_store._values, int8_store._scales):
-        for arr in arrs:
-            expect = arr.get_orthogonal_selection((sel, slice(None)))
-            assert int8_store._fast[id(arr)] is not None  # the writer's layout takes the fast path
-            assert np.array_equal(int8_store._fast[id(arr)].read(sel), expect)
-            assert np.array_equal(_read_rows(arr, sel), expect)
+    for r, arrays in stores:
+        for arr, full in arrays:
+            assert r._fast[id(arr)] is not None  # the writer's layout takes the fast path
+            assert np.array_equal(r._fast[id(arr)].read(sel), full[sel])
+            assert np.array_equal(_read_rows(arr, sel), full[sel])
+    wide = [a for a, _ in stores[1][1] if a.metadata.to_dict()["codecs"][0]["configuration"]["chunk_shape"][1] < a.shape[1]]
+    assert wide  # some rows really are split across inner chunks
 
 
 @settings(max_examples=25, deadline=None)
