@@ -160,13 +160,12 @@ class _Schedule:
     def __init__(self, root: Path, model, optimizer, slots: list[_Slot]):
         self.root, self.model, self.optimizer, self.slots = root, model, optimizer, slots
         self.step = 0
-        self.epoch_offset = 0
 
     def _open(self, slot: _Slot) -> None:
         for c in slot.configs:
             slot.recorders[c["name"]] = Recorder(
                 self.root / c["name"], self.model, self.optimizer, plan=c["plan"], value_dtype=c["value_dtype"],
-                codec=c.get("codec", DEFAULT_CODEC), buffer_bytes=c.get("buffer_bytes", 256 * 2**20),
+                codec=c["codec"],
             )
 
     def samples(self, ids, epoch: int = 0) -> None:
@@ -177,7 +176,7 @@ class _Schedule:
                 self._open(slot)
         for slot in self.slots:
             for r in slot.recorders.values():
-                r.samples(ids, epoch=epoch + self.epoch_offset)
+                r.samples(ids, epoch=epoch)
         self.step += 1
 
     def _close(self, slot: _Slot) -> None:
@@ -226,8 +225,7 @@ def _slots(spec: dict, total_steps: int, modes, plans, dtypes) -> list[_Slot]:
     for i, m in enumerate(reversed(topk_modes)):
         end = total_steps - i * w
         start = max(0, end - w)
-        tk_dtypes = [d for d in dtypes if d in spec.get("topk_dtypes", dtypes)]
-        slots.append(_Slot(start, end if end < total_steps else None, _configs((m,), plans, tk_dtypes) + [_dense(f"dense-{m}-window")]))
+        slots.append(_Slot(start, end if end < total_steps else None, _configs((m,), plans, dtypes) + [_dense(f"dense-{m}-window")]))
     return slots
 
 

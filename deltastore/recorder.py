@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ class Recorder:
         # Buffers change in forward passes: remember what they were after the last step.
         self._buffer_last = {n: b.detach().float().reshape(-1).clone() for n, b in buffers.items()}
         self.skipped_steps = 0
+        self.hook_seconds = 0.0  # training-thread time in the optimizer hooks (see `timings`)
         self._closed = False
         self._pre = optimizer.register_step_pre_hook(self._pre_step)
         self._post = optimizer.register_step_post_hook(self._post_step)
@@ -206,6 +208,19 @@ class Recorder:
         self._pending_epoch = int(epoch)
 
     @property
+    def timings(self) -> dict:
+        """What recording has cost so far, in seconds of wall time.
+
+        ``hook_seconds``: on the training thread, inside the optimizer hooks (snapshot,
+        deltas, encoding into the buffer; includes ``writer_wait_seconds``).
+        ``writer_wait_seconds``: the training thread waiting for the writer thread.
+        ``writer_seconds``: the writer thread committing buffered steps (compression,
+        files, index, commit), overlapped with training except for those waits.
+        """
+        return {"steps": self.step, "hook_seconds": self.hook_seconds, "writer_wait_seconds": self.writer.wait_seconds,
+                "writer_seconds": self.writer.write_seconds}
+
+    @property
     def step(self) -> int:
         """Index of the next step to be recorded (= steps recorded so far)."""
         return self.writer.next_step
@@ -216,6 +231,13 @@ class Recorder:
             raise RecorderClosedError("recorder is closed: create a new Recorder(mode='a') to record more steps")
 
     def _pre_step(self, optimizer, args, kwargs) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._snapshot()
+        finally:
+            self.hook_seconds += time.perf_counter() - t0
+
+    def _snapshot(self) -> None:
         self._check_open()
         if not self._pending_ids:
             raise MissingSampleIdsError(
@@ -236,6 +258,13 @@ class Recorder:
 
     @torch.no_grad()
     def _post_step(self, optimizer, args, kwargs) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._record_step()
+        finally:
+            self.hook_seconds += time.perf_counter() - t0
+
+    def _record_step(self) -> None:
         step_ids = self._merge_ids()
         for g in self.manifest.groups:
             self._record_group(g)
