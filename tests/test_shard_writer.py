@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deltastore.plan import PruningPlan
+from deltastore.reader import StoreReader
+from deltastore.recorder import Recorder
 from deltastore.writer import _create_rows_array, _ShardWriter
+
+from .helpers import TinyNet
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -52,3 +58,53 @@ def test_direct_writer_declines_rows_that_do_not_start_a_shard(tmp_path):
     arr.resize((8, 16))
     assert not _ShardWriter(arr).write(np.ones((2, 16), dtype="int8"), 2)
     assert not any((tmp_path / "g" / "values").rglob("c/*/*"))
+
+
+def _train(rec, model, opt, steps: int, first: int) -> None:
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(first))
+    y = torch.arange(8) % 3
+    for s in range(first, first + steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        rec.samples(torch.arange(8) + 8 * s)
+        opt.step()
+
+
+def test_shards_shrink_to_what_the_buffer_holds(tmp_path):
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step_bytes = sum(p.numel() for p in model.state_dict().values() if p.is_floating_point()) * 4
+    rec = Recorder(tmp_path / "s", model, opt, plan=PruningPlan.dense(), value_dtype="float32", steps_per_shard=64,
+                   buffer_bytes=2 * 3 * step_bytes + 100)
+    assert rec.writer.manifest.steps_per_shard == 3 == rec.writer.capacity
+    rec.close()
+
+
+def test_flushes_realign_to_shard_ends_after_an_early_flush(tmp_path, monkeypatch):
+    calls = []
+    original = _ShardWriter.write
+
+    def spy(self, data, start):
+        ok = original(self, data, start)
+        calls.append((start, data.shape[0], ok))
+        return ok
+
+    monkeypatch.setattr(_ShardWriter, "write", spy)
+    for name, early_flush in (("early", True), ("plain", False)):
+        model = TinyNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = Recorder(tmp_path / name, model, opt, plan=PruningPlan.dense(), value_dtype="float32", steps_per_shard=4)
+        _train(rec, model, opt, 1, 0)
+        if early_flush:
+            rec.flush()  # shard 0 now holds 1 of its 4 rows
+        _train(rec, model, opt, 11, 1)
+        rec.close()
+        if early_flush:
+            flushes, calls[:] = sorted({(start, rows, ok) for start, rows, ok in calls}), []
+    # step 0 (direct, new shard), steps 1-3 (completes shard 0 through Zarr), then whole shards 4-7 and 8-11
+    assert flushes == [(0, 1, True), (1, 3, False), (4, 4, True), (8, 4, True)]
+    early, plain = StoreReader(tmp_path / "early"), StoreReader(tmp_path / "plain")
+    assert early.committed_steps == plain.committed_steps == 12
+    for step in range(12):
+        for t in early.manifest.tensors:
+            torch.testing.assert_close(early.read_step(step, t.name), plain.read_step(step, t.name), rtol=0, atol=0)
