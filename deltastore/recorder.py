@@ -186,6 +186,7 @@ class Recorder:
         self._pending_ids: list = []
         self._pending_epoch = 0
         self._before: dict[int, Any] = {}
+        self._snapshots: dict[int, torch.Tensor] = {}  # random groups on CPU: reused full copies
         # Buffers change in forward passes: remember what they were after the last step.
         self._buffer_last = {n: b.detach().float().reshape(-1).clone() for n, b in buffers.items()}
         self.skipped_steps = 0
@@ -255,8 +256,16 @@ class Recorder:
             tensors = [self._tensors[n] for n in g.tensors]
             if self.manifest.tensor(g.tensors[0]).kind == "buffer":
                 continue
-            if g.selection == "random":
-                # Only the k kept values are copied: the mask is known before the step.
+            if g.selection == "random" and tensors[0].device.type == "cpu":
+                # A plain copy of the whole tensor, gathered once after the step: on the dev
+                # CPU copying all of ResNet-18 takes 2.7 ms, gathering its kept values 24 ms.
+                flat = tensors[0].detach().reshape(-1)
+                snap = self._snapshots.get(g.id)
+                if snap is None:
+                    snap = self._snapshots[g.id] = torch.empty(flat.numel(), dtype=torch.float32)
+                self._before[g.id] = snap.copy_(flat)
+            elif g.selection == "random":
+                # On an accelerator only the k kept values are copied: the mask is known before the step.
                 self._before[g.id] = self._masks.gather(tensors[0].detach().reshape(-1), step, g.id, g.k).float()
             else:
                 self._before[g.id] = [t.detach().float().reshape(-1).clone() for t in tensors]
@@ -295,7 +304,11 @@ class Recorder:
             return
         before = self._before[g.id]
         if g.selection == "random":
-            vals = self._masks.gather(tensors[0].detach().reshape(-1), self._step_in_flight, g.id, g.k).float().sub_(before)
+            flat = tensors[0].detach().reshape(-1)
+            if before is self._snapshots.get(g.id):  # CPU: the whole delta in the snapshot's memory, then one gather
+                vals = self._masks.gather(torch.sub(flat, before, out=before), self._step_in_flight, g.id, g.k)
+            else:
+                vals = self._masks.gather(flat, self._step_in_flight, g.id, g.k).float().sub_(before)
             self.writer.put(g, vals)
             return
         delta = torch.cat([t.detach().float().reshape(-1) - b for t, b in zip(tensors, before)]) if len(tensors) > 1 else tensors[0].detach().float().reshape(-1) - before[0]

@@ -568,16 +568,17 @@ def quantize_int8_into(values: torch.Tensor, block: int, q_out: torch.Tensor, s_
 
     Bit-identical results (same division, rounding and clamp), in fewer memory
     passes: the whole blocks are viewed in place (no zero-padded copy), the
-    per-block max |v| comes from one min/max pass (no ``abs`` copy), and the
-    codes go straight into the int8 row buffer. Only a ragged last block takes
-    the reference path. On the 2-core dev CPU this recording step is the
-    recorder's largest per-step cost after the gathers (see benchmarks/overhead.py).
+    per-block max |v| is max(-min, max) (no ``abs`` copy), and the codes go
+    straight into the int8 row buffer. Only a ragged last block takes the
+    reference path. ``amax`` and ``amin`` are separate reductions on purpose:
+    ``torch.aminmax(dim=1)`` over 256-wide rows took 7.0 ms for 2.4 M values on the
+    2-core dev CPU against 0.42 ms for the pair (torch 2.13, one thread).
     """
     k = values.numel()
     full = k // block
     if full:
         head = values[: full * block].reshape(full, block)
-        lo, hi = torch.aminmax(head, dim=1)
+        lo, hi = head.amin(dim=1), head.amax(dim=1)
         scales = s_out[:full]
         torch.maximum(lo.neg_(), hi, out=scales)  # max |v| per block (NaN propagates, as in amax)
         scales.div_(127.0)
