@@ -54,7 +54,7 @@ __all__ = ["run", "measure"]
 
 # batch 32 on 3x32x32 synthetic images: CIFAR-sized inputs for the 11 M-parameter ResNet-18.
 FULL = {
-    "resnet18": {"batch": 32, "shape": (3, 32, 32), "steps": 12, "rounds": 3},
+    "resnet18": {"batch": 32, "shape": (3, 32, 32), "steps": 12, "rounds": 5},
     "mlp": {"batch": 128, "shape": None, "steps": 64, "rounds": 5},
 }
 QUICK = {

@@ -1,10 +1,11 @@
 """StoreReader: read-only access to a store, and the fast path that sums updates.
 
 ``sum_updates(steps, device=...)`` is what unlearning uses: chunk reads and
-decoding run on worker threads while the caller's thread moves decoded rows to
-the device (pinned, non-blocking on CUDA) and scatter-adds them into one dense
-accumulator per tensor. Random-mode masks are regenerated on the device; nothing
-but values crosses the bus.
+decoding run on worker threads. On CUDA the caller's thread moves decoded rows
+to the device (pinned, non-blocking) and scatter-adds them into one dense
+accumulator per tensor; random-mode masks are regenerated on the device, and
+nothing but values crosses the bus. On CPU the workers also add what they
+decoded, each group's units in step order.
 
 Reads bypass Zarr's read path where the layout is the one our writer makes
 (:class:`_ShardRows`: ``pread`` of the shard index and inner chunks, numcodecs
@@ -277,25 +278,10 @@ class StoreReader:
         worker too: a fresh reader builds its base sets there, in parallel and
         overlapped with reading.
         """
-        pin = dev.type == "cuda"
         window = max(2, 2 * self.threads)
-        groups = self.manifest.groups
 
         def load(unit):
-            gid, b = unit
-            vals, idx = self.read_rows(gid, b)
-            if pin:
-                vals = vals.pin_memory()
-                idx = idx.pin_memory() if idx is not None else None
-            masks = None
-            if with_masks and groups[gid].selection == "random":
-                g = groups[gid]
-                masks = []
-                for s in b:
-                    p, o = self.masks.rotation(s, g.id, g.n)
-                    base = self.masks.base_np(g.id, p, g.n, g.k) if dev.type == "cpu" else self.masks.base(g.id, p, g.n, g.k, device=dev)
-                    masks.append((o, base))
-            return vals, idx, masks
+            return self._load_unit(unit, dev, with_masks)
 
         bar = _progress(len(units), progress, "reading updates")
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
@@ -322,24 +308,110 @@ class StoreReader:
                     f.cancel()
                 bar.close()
 
+    def _load_unit(self, unit, dev: torch.device, with_masks: bool):
+        """Read and decode one unit; with ``with_masks``, also its random group's (offset, base set) per step."""
+        gid, b = unit
+        g = self.manifest.groups[gid]
+        vals, idx = self.read_rows(gid, b)
+        if dev.type == "cuda":
+            vals = vals.pin_memory()
+            idx = idx.pin_memory() if idx is not None else None
+        masks = None
+        if with_masks and g.selection == "random":
+            masks = []
+            for s in b:
+                p, o = self.masks.rotation(s, g.id, g.n)
+                base = self.masks.base_np(g.id, p, g.n, g.k) if dev.type == "cpu" else self.masks.base(g.id, p, g.n, g.k, device=dev)
+                masks.append((o, base))
+        return vals, idx, masks
+
+    @staticmethod
+    def _add_unit(sums: "_Sums", g: Group, vals, idx, masks) -> None:
+        if g.selection == "all":
+            for row in vals:
+                sums.add(g, row)
+        elif g.selection == "magnitude":
+            for row, ind in zip(vals, idx):
+                sums.add_at(g, ind, row)
+        else:
+            for row, (o, base) in zip(vals, masks):
+                sums.add_rotated(g, o, base, row)
+
     def _sum_stored(self, order: list[int], dev: torch.device, progress: bool) -> dict[str, torch.Tensor]:
         m = self.manifest
         sums = _Sums(m.groups, dev)
-        for (gid, b), vals, idx, masks in self._stream(self._work_units(order), dev, progress, with_masks=True):
-            g = m.groups[gid]
-            if g.selection == "all":
-                for row in vals:
-                    sums.add(g, row)
-            elif g.selection == "magnitude":
-                for row, ind in zip(vals, idx):
-                    sums.add_at(g, ind, row)
-            else:
-                for row, (o, base) in zip(vals, masks):
-                    sums.add_rotated(g, o, base, row)
+        units = self._work_units(order)
+        if dev.type == "cpu":
+            self._accumulate_on_workers(units, sums, progress)
+        else:
+            for (gid, _), vals, idx, masks in self._stream(units, dev, progress, with_masks=True):
+                self._add_unit(sums, m.groups[gid], vals, idx, masks)
         out: dict[str, torch.Tensor] = {}
         for g in m.groups:
             self._split(out, g, sums.result(g))
         return out
+
+    def _accumulate_on_workers(self, units: list, sums: "_Sums", progress: bool) -> None:
+        """CPU: each worker reads, decodes and adds its own unit.
+
+        With one accumulating thread, the adds (about as costly as decoding for
+        random groups) ran beside two decoding threads on two cores and the cores
+        sat ~35 % idle (ResNet-18 class request: 2.6 CPU-s in 2.05 s). Here every
+        thread does both. A group's units still add in order -- a unit waits for
+        its group's previous unit -- so every element gets its additions in step
+        order and the sum is bit-identical to the one-thread path. Units are
+        submitted in order, so the unit a worker waits for has already started.
+        """
+        groups = self.manifest.groups
+        seq: list[int] = []
+        counts: dict[int, int] = {}
+        for gid, _ in units:
+            seq.append(counts.get(gid, 0))
+            counts[gid] = seq[-1] + 1
+        turn = dict.fromkeys(counts, 0)
+        cond = threading.Condition()
+        failed = [False]
+
+        def work(i: int) -> None:
+            gid = units[i][0]
+            try:
+                vals, idx, masks = self._load_unit(units[i], torch.device("cpu"), True)
+                with cond:
+                    cond.wait_for(lambda: failed[0] or turn[gid] == seq[i])
+                    if failed[0]:
+                        return
+                self._add_unit(sums, groups[gid], vals, idx, masks)  # this group is ours until turn moves
+            except BaseException:
+                with cond:
+                    failed[0] = True
+                    cond.notify_all()
+                raise
+            with cond:
+                turn[gid] += 1
+                cond.notify_all()
+
+        window = max(2, 2 * self.threads)  # units decoded ahead: bounds memory
+        bar = _progress(len(units), progress, "reading updates")
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            pending: deque = deque()
+            try:
+                for i in range(len(units)):
+                    if len(pending) >= window:
+                        pending.popleft().result()
+                        bar.update(1)
+                    pending.append(pool.submit(work, i))
+                while pending:
+                    pending.popleft().result()
+                    bar.update(1)
+            except BaseException:
+                with cond:
+                    failed[0] = True
+                    cond.notify_all()
+                for f in pending:
+                    f.cancel()
+                raise
+            finally:
+                bar.close()
 
     def _split(self, out: dict, g: Group, flat: torch.Tensor) -> None:
         for name, off, n in zip(g.tensors, g.offsets, g.numels):
