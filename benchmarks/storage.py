@@ -506,7 +506,7 @@ def run(*, quick: bool, device: str = "cpu", plots: str | None = None, out: str 
             shutil.rmtree(root, ignore_errors=True)
     print_table(rows, ["model", "mode", "value_dtype", "plan", "steps", "store_bytes", "dense_bytes", "raw_bytes", "naive_bytes",
                        "savings", "savings_raw", "bytes_per_kept_value", "index_bytes_per_row", "retained_acc", "target_acc",
-                       "quality_delta_points"], title="storage (codec blosc-zstd; savings = 1 - store/dense, savings_raw = 1 - store/raw)")
+                       "quality_delta_points"], title="storage (each value format with its default codec: int8 blosc-lz4, floats blosc-zstd; dense float32 blosc-zstd; savings = 1 - store/dense, savings_raw = 1 - store/raw)")
     if codec_rows_out:
         print_table(codec_rows_out, ["model", "mode", "value_dtype", "codec", "shuffle", "steps", "array_bytes", "savings_raw_arrays", "bytes_per_kept_value"],
                     title="codecs (arrays of the paper-schedule stores re-encoded in the same layout)")

@@ -16,6 +16,7 @@ machine): read_decode 15.9 s -> 0.86 s, sum_updates 17.8 s -> 1.85 s.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -265,9 +266,13 @@ class StoreReader:
         """
         out: list[tuple[int, list[int]]] = []
         for b in self._shard_batches(order):
+            per_group = []
             for g in self.manifest.groups:
                 rows = max(1, _UNIT_BYTES // (4 * max(1, g.k))) if split else len(b)
-                out.extend((g.id, b[i : i + rows]) for i in range(0, len(b), rows))
+                per_group.append([(g.id, b[i : i + rows]) for i in range(0, len(b), rows)])
+            # Round-robin over groups: neighbouring units belong to different groups, so
+            # workers adding them never wait on each other (a group's units add in order).
+            out.extend(u for level in itertools.zip_longest(*per_group) for u in level if u is not None)
         return out
 
     def _stream(self, units, dev: torch.device, progress: bool, *, with_masks: bool = False):
