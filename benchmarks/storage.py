@@ -57,6 +57,7 @@ import torch
 import zarr
 
 from deltastore.format import CODECS, DEFAULT_CODEC_LEVEL, VALUE_DTYPES, compressors_for, default_codec
+from deltastore.shards import encode_chunk, numcodecs_chain
 from deltastore.plan import PruningPlan
 from deltastore.reader import StoreReader
 from deltastore.recorder import Recorder
@@ -293,26 +294,6 @@ def class_request_quality(name: str, data, trained: dict, store: Path, target_cl
             "forgotten_steps": len(receipt.steps)}
 
 
-def _numcodecs_chain(compressors: list) -> list:
-    """numcodecs twins of Zarr's bytes-to-bytes codecs (what Zarr itself calls), crc32c as a +4 marker."""
-    import numcodecs
-    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
-
-    out = []
-    for c in compressors:
-        if isinstance(c, BloscCodec):
-            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[c.shuffle.name]
-            out.append(numcodecs.Blosc.from_config({"cname": c.cname.name, "clevel": c.clevel, "shuffle": shuffle,
-                                                    "blocksize": c.blocksize, "typesize": c.typesize}))
-        elif isinstance(c, ZstdCodec):
-            out.append(numcodecs.Zstd(level=c.level, checksum=c.checksum))
-        elif isinstance(c, Crc32cCodec):
-            out.append(4)
-        else:
-            raise TypeError(f"codec: expected Blosc, Zstd or crc32c, got {type(c).__name__}")
-    return out
-
-
 def encoded_bytes(data: np.ndarray, chunks: tuple, shards: tuple, compressors: list) -> int:
     """Bytes Zarr writes for ``data`` (rows, cols) in this chunk/shard layout with these compressors.
 
@@ -322,7 +303,7 @@ def encoded_bytes(data: np.ndarray, chunks: tuple, shards: tuple, compressors: l
     16-byte index entry per chunk slot and the index's crc32c. ``codec_check`` in the
     results compares it with a real recording.
     """
-    chain = _numcodecs_chain(compressors)
+    chain = numcodecs_chain(compressors)  # the writer's own encoders
     rows, cols = data.shape
     r, c = chunks
     sr, sc = shards
@@ -337,14 +318,7 @@ def encoded_bytes(data: np.ndarray, chunks: tuple, shards: tuple, compressors: l
                         continue
                     if block.shape != (r, c):
                         block = np.pad(block, ((0, r - block.shape[0]), (0, c - block.shape[1])))
-                    buf = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
-                    extra = 0
-                    for codec in chain:
-                        if isinstance(codec, int):
-                            extra += codec
-                        else:
-                            buf = np.frombuffer(codec.encode(buf), dtype=np.uint8)
-                    shard += buf.nbytes + extra
+                    shard += len(encode_chunk(np.ascontiguousarray(block), chain))
             if shard:
                 total += shard + (sr // r) * (sc // c) * 16 + 4
     return total

@@ -19,7 +19,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from .format import (
 )
 from .index import ID_TYPES, IndexWriter
 from .plan import PruningPlan, TensorSpec
+from .shards import ShardWriter
 
 DEFAULT_BUFFER_BYTES = 256 * 2**20  # both halves of the double buffer together
 DEFAULT_STEPS_PER_SHARD = 64
@@ -130,7 +130,7 @@ class StoreWriter:
         self._current = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deltastore-writer")
         self.bytes_written = 0
-        self._shard_writers: dict[str, _ShardWriter] = {}
+        self._shard_writers: dict[str, ShardWriter] = {}
         self.write_seconds = 0.0  # writer thread: time committing buffers
         self.wait_seconds = 0.0  # calling thread: time waiting for the writer thread
 
@@ -305,10 +305,10 @@ class StoreWriter:
                 fut, b.pending = b.pending, None
                 self._wait(fut)
 
-    def _direct(self, arr) -> "_ShardWriter":
+    def _direct(self, arr) -> "ShardWriter":
         w = self._shard_writers.get(arr.path)
         if w is None:
-            w = self._shard_writers[arr.path] = _ShardWriter(arr)
+            w = self._shard_writers[arr.path] = ShardWriter(arr)
         return w
 
     def _wait(self, fut: Future) -> None:
@@ -418,7 +418,7 @@ def _grow_and_write(jobs: list, start: int, end: int) -> None:
 
     Rows that start a shard (every flush of a fresh store: the buffer holds a whole
     shard, or a shard's worth of steps arrives in whole flushes) are written by
-    :class:`_ShardWriter` straight to the shard files; anything else -- a partly
+    :class:`~deltastore.shards.ShardWriter` straight to the shard files; anything else -- a partly
     written shard after a resume, an unusual codec -- through Zarr. Zarr's own
     resize calls are gathered into one event-loop round trip.
 
@@ -441,126 +441,6 @@ def _grow_and_write(jobs: list, start: int, end: int) -> None:
             await asyncio.gather(*(a.async_array.setitem((slice(start, end), slice(None)), d) for a, d in rest))
 
         zarr_sync(write())
-
-
-class _ShardWriter:
-    """Writes whole shards of one rows array in Zarr v3's sharding format, byte for byte as Zarr would.
-
-    Layout (Zarr v3 sharding codec, index at the end): the encoded inner chunks in
-    Morton order, then an index of (offset, length) uint64 little-endian pairs per
-    chunk slot ((2**64 - 1, 2**64 - 1) for an absent chunk) followed by its crc32c.
-    An inner chunk is its C-order bytes (padded with the fill value to the chunk
-    shape), compressed, then crc32c (little-endian) appended. Chunks equal to the
-    fill value everywhere are not stored (Zarr's write_empty_chunks=False). Files are
-    replaced atomically, as Zarr's LocalStore does. Tested against Zarr's own bytes.
-    """
-
-    def __init__(self, arr):
-        self.path = Path(arr.store_path.store.root) / arr.path if hasattr(arr.store_path.store, "root") else None
-        self.ok = False
-        try:
-            meta = arr.metadata
-            (sharding,) = meta.codecs
-            self.chunk = tuple(sharding.chunk_shape)
-            self.shard = tuple(meta.chunk_grid.chunk_shape)
-            self.chain = _numcodecs_chain(sharding.codecs)
-            index_chain = _numcodecs_chain(sharding.index_codecs)
-            self.ok = (
-                self.path is not None
-                and sharding.index_location.value == "end"
-                and index_chain == ["crc32c"]
-                and meta.fill_value == 0
-                and meta.chunk_key_encoding.name == "default" and meta.chunk_key_encoding.separator == "/"
-                and len(self.shard) == 2 and all(s % c == 0 for s, c in zip(self.shard, self.chunk))
-                and not getattr(meta.data_type, "endianness", None) == "big"
-            )
-        except (ValueError, TypeError, AttributeError):
-            self.ok = False
-        if self.ok:
-            from zarr.core.indexing import morton_order_iter
-
-            self.per_shard = (self.shard[0] // self.chunk[0], self.shard[1] // self.chunk[1])
-            self.order = list(morton_order_iter(self.per_shard))
-
-    def write(self, data: np.ndarray, start: int) -> bool:
-        """Write rows ``start..`` of ``data`` as whole new shards; False if this path does not apply."""
-        if not self.ok or start % self.shard[0] or data.dtype.byteorder == ">":
-            return False
-        rows, cols = data.shape
-        sr, sc = self.shard
-        for s0 in range(0, rows, sr):
-            for t0 in range(0, cols, sc):
-                blob = self._encode_shard(data[s0 : s0 + sr, t0 : t0 + sc])
-                path = self.path / "c" / str((start + s0) // sr) / str(t0 // sc)
-                if blob is None:
-                    path.unlink(missing_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-                with open(tmp, "wb") as f:
-                    f.write(blob)
-                os.replace(tmp, path)
-        return True
-
-    def _encode_shard(self, block: np.ndarray) -> bytes | None:
-        r, c = self.chunk
-        index = np.full(self.per_shard + (2,), np.iinfo(np.uint64).max, dtype="<u8")
-        parts, offset = [], 0
-        for i, j in self.order:
-            chunk = block[i * r : (i + 1) * r, j * c : (j + 1) * c]
-            if chunk.size == 0 or not chunk.any():
-                continue
-            if chunk.shape != (r, c):
-                chunk = np.pad(chunk, ((0, r - chunk.shape[0]), (0, c - chunk.shape[1])))
-            enc = _encode_chunk(np.ascontiguousarray(chunk), self.chain)
-            index[i, j] = (offset, len(enc))
-            parts.append(enc)
-            offset += len(enc)
-        if not parts:
-            return None
-        raw = index.tobytes()
-        parts.append(raw + _crc32c(raw))
-        return b"".join(parts)
-
-
-def _crc32c(b) -> bytes:
-    import google_crc32c  # Zarr's own crc32c dependency
-
-    return int(google_crc32c.value(b)).to_bytes(4, "little")
-
-
-def _numcodecs_chain(codecs) -> list:
-    """Zarr v3 codecs of a chunk -> a list of numcodecs codecs and the marker "crc32c"; ValueError if unknown."""
-    import numcodecs
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
-
-    out: list = []
-    for c in codecs:
-        if isinstance(c, BytesCodec):
-            if c.endian is not None and c.endian.value != "little":
-                raise ValueError("big-endian chunks")
-        elif isinstance(c, BloscCodec):
-            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[c.shuffle.value]
-            out.append(numcodecs.Blosc.from_config({"cname": c.cname.value, "clevel": c.clevel, "shuffle": shuffle,
-                                                    "blocksize": c.blocksize, "typesize": c.typesize}))
-        elif isinstance(c, ZstdCodec):
-            out.append(numcodecs.Zstd(level=c.level, checksum=c.checksum))
-        elif isinstance(c, Crc32cCodec):
-            out.append("crc32c")
-        else:
-            raise ValueError(f"codec {type(c).__name__} is not handled by the direct shard writer")
-    return out
-
-
-def _encode_chunk(chunk: np.ndarray, chain: list) -> bytes:
-    buf = chunk.view(np.uint8).reshape(-1)
-    for codec in chain:
-        if codec == "crc32c":
-            b = bytes(buf)
-            buf = np.frombuffer(b + _crc32c(b), dtype=np.uint8)
-        else:
-            buf = np.frombuffer(codec.encode(buf), dtype=np.uint8)
-    return bytes(buf)
 
 
 def quantize_int8_into(values: torch.Tensor, block: int, q_out: torch.Tensor, s_out: torch.Tensor) -> None:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from deltastore.plan import PruningPlan
 from deltastore.reader import StoreReader
 from deltastore.recorder import Recorder
-from deltastore.writer import _create_rows_array, _ShardWriter
+from deltastore.shards import ShardWriter
+from deltastore.writer import _create_rows_array
 
 from .helpers import TinyNet
 
@@ -47,7 +48,7 @@ def test_direct_shards_equal_zarr_shards(tmp_path_factory, dtype, codec, cols, s
         arr.resize((rows, cols))
         arrays.append(arr)
     arrays[0][:, :] = data
-    assert _ShardWriter(arrays[1]).write(data, 0), "the direct path should apply to the writer's own layout"
+    assert ShardWriter(arrays[1]).write(data, 0), "the direct path should apply to the writer's own layout"
     assert _files(base / "direct" / "values") == _files(base / "by_zarr" / "values")
     np.testing.assert_array_equal(zarr.open_array(str(base / "direct" / "values"), mode="r")[:, :], data)
 
@@ -56,7 +57,7 @@ def test_direct_writer_declines_rows_that_do_not_start_a_shard(tmp_path):
     g = zarr.open_group(str(tmp_path / "g"), mode="w")
     arr = _create_rows_array(g, "values", 16, np.dtype("int8"), "blosc-zstd", 3, 4, {})
     arr.resize((8, 16))
-    assert not _ShardWriter(arr).write(np.ones((2, 16), dtype="int8"), 2)
+    assert not ShardWriter(arr).write(np.ones((2, 16), dtype="int8"), 2)
     assert not any((tmp_path / "g" / "values").rglob("c/*/*"))
 
 
@@ -82,14 +83,14 @@ def test_shards_shrink_to_what_the_buffer_holds(tmp_path):
 
 def test_flushes_realign_to_shard_ends_after_an_early_flush(tmp_path, monkeypatch):
     calls = []
-    original = _ShardWriter.write
+    original = ShardWriter.write
 
     def spy(self, data, start):
         ok = original(self, data, start)
         calls.append((start, data.shape[0], ok))
         return ok
 
-    monkeypatch.setattr(_ShardWriter, "write", spy)
+    monkeypatch.setattr(ShardWriter, "write", spy)
     for name, early_flush in (("early", True), ("plain", False)):
         model = TinyNet()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
