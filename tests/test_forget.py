@@ -178,3 +178,40 @@ def test_empty_store_is_an_error(tmp_path):
     model, _, _ = record(tmp_path / "s", steps=0)
     with pytest.raises(errors.EmptyStoreError, match="no committed steps|committed steps"):
         forget(model, tmp_path / "s", [1])
+
+
+@settings(max_examples=6)
+@given(ids=st.lists(st.integers(0, 79), min_size=1, max_size=12, unique=True))  # 10 steps of 8 ids
+def test_buffers_are_kept_by_default_and_subtracted_on_request(ids):
+    with tempfile.TemporaryDirectory() as d:
+        store = Path(d) / "s"
+        model, _, _ = record(store, steps=10, plan=PruningPlan.dense())
+        trained = _state(model)
+        buffers = {n for n, _ in model.named_buffers() if trained[n].is_floating_point()}
+        assert buffers, "TinyNet records BatchNorm running statistics"
+        kept = forget(model, store, ids)
+        after = _state(model)
+        assert kept.buffers == "keep"
+        assert all(torch.equal(after[n], trained[n]) for n in buffers)
+        assert not all(torch.equal(after[n], trained[n]) for n in trained if n not in buffers and trained[n].is_floating_point())
+        restore(model, store, kept.request_id)
+        assert _close(_state(model), trained)
+        # "subtract": each buffer moves by minus the summed recorded change of the same steps
+        sub = forget(model, store, ids, buffers="subtract")
+        assert sub.steps == kept.steps and sub.buffers == "subtract"
+        summed = StoreReader(store).sum_updates(sub.steps).updates
+        now = _state(model)
+        for n in buffers:
+            torch.testing.assert_close(now[n], trained[n] - summed[n])
+        back = restore(model, store, sub.request_id)
+        assert back.buffers == "subtract" and _close(_state(model), trained)
+
+
+def test_bad_buffers_mode_and_old_ledger_entries(tmp_path):
+    from unlearning.ledger import Receipt
+
+    model, _, _ = record(tmp_path / "s", steps=4)
+    with pytest.raises(errors.InvalidArgumentError, match="buffers: expected one of"):
+        forget(model, tmp_path / "s", [1], buffers="recompute")
+    # entries written before the field existed subtracted buffers; restore must mirror that
+    assert Receipt.from_json({"request_id": "r", "kind": "forget"}).buffers == "subtract"

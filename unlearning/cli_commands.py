@@ -42,6 +42,8 @@ def register_forget(sub) -> None:
     p.add_argument("--request-id", default=None)
     p.add_argument("--allow-unknown", action="store_true", help="forget the known ids and list unknown ones instead of failing")
     p.add_argument("--force", action="store_true", help="skip the model fingerprint check")
+    p.add_argument("--buffers", choices=("keep", "subtract"), default="keep",
+                   help="recorded buffers (BatchNorm statistics): keep them (default) or subtract their changes like weights")
     p.add_argument("--receipt", default=None, help="also write the receipt as JSON here")
     p.set_defaults(func=_forget_cmd)
 
@@ -121,7 +123,8 @@ def _forget_cmd(args) -> int:
     ids = load_sample_ids(args.samples, reader.manifest.sample_id_type)
     if Path(args.out).exists():
         raise StoreExistsError(f"--out: {args.out} already exists; choose a new path (outputs are never overwritten)")
-    receipt = forget(weights, reader, ids, device=args.device, request_id=args.request_id, allow_unknown=args.allow_unknown, force=args.force)
+    receipt = forget(weights, reader, ids, device=args.device, request_id=args.request_id, allow_unknown=args.allow_unknown, force=args.force,
+                     buffers=args.buffers)
     save_weights(weights, args.out)
     _write_receipt(receipt, args.receipt)
     print(f"forgot {receipt.sample_count} samples: {len(receipt.steps)} steps subtracted "

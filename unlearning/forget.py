@@ -74,6 +74,23 @@ def _apply(named: dict[str, torch.Tensor], updates: dict[str, torch.Tensor], sig
                 t.copy_((t.float() + sign * upd).to(t.dtype))
 
 
+BUFFER_MODES = ("keep", "subtract")
+
+
+def _parse_buffers(buffers: str) -> str:
+    if buffers not in BUFFER_MODES:
+        raise InvalidArgumentError(f"buffers: expected one of {BUFFER_MODES}, got {buffers!r}")
+    return buffers
+
+
+def _weights_only(updates: dict[str, torch.Tensor], reader: StoreReader, buffers: str) -> dict[str, torch.Tensor]:
+    """Drop the buffers' summed deltas unless they are to be applied like weights."""
+    if buffers == "subtract":
+        return updates
+    kinds = {t.name: t.kind for t in reader.manifest.tensors}
+    return {n: u for n, u in updates.items() if kinds[n] != "buffer"}
+
+
 def forget(
     model,
     store,
@@ -81,6 +98,7 @@ def forget(
     *,
     device=None,
     plan: PruningPlan | None = None,
+    buffers: str = "keep",
     request_id: str | None = None,
     allow_unknown: bool = False,
     force: bool = False,
@@ -100,7 +118,15 @@ def forget(
     allow_unknown : if False (default), ids the index never saw raise
         UnknownSampleIdsError; if True they are listed in the receipt.
     force : skip the fingerprint check (the model must still match names/shapes).
+    buffers : "keep" (default) leaves recorded buffers -- BatchNorm running
+        statistics -- as they are; "subtract" subtracts their recorded changes like
+        weights (exactly undoes those steps' buffer changes, the algebra of the
+        dense-sum invariant). Running statistics are moving averages: a step's
+        recorded change is not what that step still contributes, and subtracting
+        them wrecks the model (ResNet-9 on digits, one sample in 2 steps: test
+        accuracy 0.951 -> 0.613 with "subtract", 0.949 with "keep").
     """
+    buffers = _parse_buffers(buffers)
     reader = _open(store)
     if reader.committed_steps == 0:
         raise EmptyStoreError(f"{reader.root}: expected a store with committed steps to forget from, got none (was recording closed?)")
@@ -131,7 +157,7 @@ def forget(
         todo = [int(s) for s in steps if int(s) not in done]
         skipped = [int(s) for s in steps if int(s) in done]
         result = reader.sum_updates(todo, device=dev, plan=plan, progress=progress)  # may raise: model untouched
-        _apply(named, result.updates, -1.0)
+        _apply(named, _weights_only(result.updates, reader, buffers), -1.0)
         receipt = Receipt(
             request_id=request_id,
             kind="forget",
@@ -148,6 +174,7 @@ def forget(
             device=str(dev),
             forced=bool(force),
             created=time.time(),
+            buffers=buffers,
         )
         ledger.append(receipt)
     return receipt
@@ -181,7 +208,7 @@ def restore(
         _check_fingerprint(before, Ledger.expected_fingerprint(entries, reader.model_fingerprint), force, str(reader.root))
         plan = PruningPlan.from_json(target.plan) if target.plan else None
         result = reader.sum_updates(target.steps, device=dev, plan=plan, progress=progress)
-        _apply(named, result.updates, +1.0)
+        _apply(named, _weights_only(result.updates, reader, target.buffers), +1.0)  # as the forget did
         receipt = Receipt(
             request_id=new_request_id(),
             kind="restore",
@@ -197,6 +224,7 @@ def restore(
             restores=request_id,
             forced=bool(force),
             created=time.time(),
+            buffers=target.buffers,
         )
         ledger.append(receipt)
     return receipt

@@ -47,6 +47,9 @@ class Receipt:
     plan: dict | None = None
     device: str = "cpu"
     restores: str | None = None  # the forget request a restore undoes
+    # Recorded buffers (BatchNorm statistics): "keep" leaves them as they are, "subtract"
+    # treats them like weights. Entries written before the field existed subtracted them.
+    buffers: str = "subtract"
     forced: bool = False
     created: float = 0.0
     sequence: int = -1
