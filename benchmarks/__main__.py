@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(BENCHMARKS[name])
         t0 = time.perf_counter()
         result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out)
+        # Every row carries the machine, the versions and the run's mode, so rows stay
+        # comparable when they are pulled out of their file.
+        for row in result.get("rows", []):
+            row.setdefault("machine", info)
+            row.setdefault("quick", args.quick)
+            row.setdefault("device", args.device)
         result = {"benchmark": name, "quick": args.quick, "device": args.device, "machine": info,
                   "seconds": time.perf_counter() - t0, **result}
         path = args.json

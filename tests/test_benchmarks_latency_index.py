@@ -107,3 +107,17 @@ def test_int8_decode_is_bit_identical(rows, k, block, seed):
     qs, ss = zip(*(quantize_int8(torch.randn(k, generator=g) * 3, block) for _ in range(rows)))
     raw, scales = torch.stack(qs).numpy(), torch.stack(ss).numpy()
     assert torch.equal(_decode(raw, "int8", scales, block), decode_values(raw, "int8", scales, block))
+
+
+def test_the_entry_point_stamps_every_row_with_machine_and_versions(tmp_path):
+    import json
+
+    from benchmarks.__main__ import main
+
+    out = tmp_path / "index.json"
+    assert main(["index", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rows"]
+    for row in result["rows"]:
+        assert row["quick"] is True and row["device"] == "cpu"
+        assert row["machine"]["cores"] >= 1 and "torch" in row["machine"]["versions"]
