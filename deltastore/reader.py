@@ -38,6 +38,7 @@ from .index import SampleIndex
 from .masks import MaskGenerator
 from .plan import PruningPlan
 from .selection import random_positions, select_top_magnitude
+from .shards import shard_layout
 from .writer import load_manifest
 
 
@@ -632,40 +633,11 @@ class _ShardRows:
 
     @classmethod
     def for_array(cls, arr, root: Path, count) -> "_ShardRows | None":
-        try:
-            import google_crc32c  # noqa: F401  (Zarr's own crc32c dependency)
-            import numcodecs
-
-            meta = arr.metadata.to_dict()
-            (sharding,) = meta["codecs"]
-            conf = sharding["configuration"]
-            key = meta["chunk_key_encoding"]
-            index_codecs = [c["name"] for c in conf["index_codecs"]]
-            inner = [c["name"] for c in conf["codecs"]]
-            dtype = np.dtype(arr.dtype)
-            if (
-                sharding["name"] != "sharding_indexed" or conf["index_location"] != "end"
-                or index_codecs != ["bytes", "crc32c"] or inner[0] != "bytes" or inner[-1] != "crc32c"
-                or len(inner) not in (2, 3) or key.get("name") != "default"
-                or key.get("configuration", {}).get("separator", "/") != "/"
-                or len(arr.shape) != 2 or dtype.byteorder == ">" or np.little_endian is False
-            ):
-                return None
-            if len(inner) == 2:
-                decoder = None
-            elif inner[1] == "blosc":
-                decoder = numcodecs.Blosc()  # parameters travel in each chunk's blosc header
-            elif inner[1] == "zstd":
-                decoder = numcodecs.Zstd()
-            else:
-                return None
-            rc, cc = (int(x) for x in conf["chunk_shape"])
-            sps, scols = (int(x) for x in meta["chunk_grid"]["configuration"]["chunk_shape"])
-            if sps % rc or scols % cc:
-                return None
-            return cls(root / arr.path, arr.shape, dtype, (rc, cc), (sps, scols), decoder, meta["fill_value"], count)
-        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+        layout = shard_layout(arr)  # the same eligibility rules as the writer's direct path
+        if layout is None:
             return None
+        decoder = layout.chain[0] if len(layout.chain) == 2 else None  # chain: [compressor,] "crc32c"
+        return cls(root / arr.path, arr.shape, np.dtype(arr.dtype), layout.chunk, layout.shard, decoder, layout.fill_value, count)
 
     def read(self, sel: np.ndarray) -> np.ndarray:
         """``arr[sel, :]`` for committed rows ``sel`` (any order, repeats allowed)."""

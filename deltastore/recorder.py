@@ -18,6 +18,7 @@ previous step, so the changes still sum to final - initial).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -236,12 +237,18 @@ class Recorder:
         if self._closed:
             raise RecorderClosedError("recorder is closed: create a new Recorder(mode='a') to record more steps")
 
-    def _pre_step(self, optimizer, args, kwargs) -> None:
+    @contextlib.contextmanager
+    def _in_hook(self):
+        """Charge the wall time of the block to ``hook_seconds`` (see :attr:`timings`)."""
         t0 = time.perf_counter()
         try:
-            self._snapshot()
+            yield
         finally:
             self.hook_seconds += time.perf_counter() - t0
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        with self._in_hook():
+            self._snapshot()
 
     def _snapshot(self) -> None:
         self._check_open()
@@ -272,11 +279,8 @@ class Recorder:
 
     @torch.no_grad()
     def _post_step(self, optimizer, args, kwargs) -> None:
-        t0 = time.perf_counter()
-        try:
+        with self._in_hook():
             self._record_step()
-        finally:
-            self.hook_seconds += time.perf_counter() - t0
 
     def _record_step(self) -> None:
         step_ids = self._merge_ids()

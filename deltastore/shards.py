@@ -8,11 +8,49 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c  # Zarr's own crc32c dependency
 import numpy as np
 
-__all__ = ["ShardWriter", "encode_chunk", "numcodecs_chain", "crc32c_bytes"]
+__all__ = ["ShardLayout", "ShardWriter", "shard_layout", "encode_chunk", "numcodecs_chain", "crc32c_bytes"]
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What the direct shard paths (this writer, the reader's ``_ShardRows``) need of a 2-D array."""
+
+    chunk: tuple[int, int]  # inner chunk shape
+    shard: tuple[int, int]  # shard shape
+    chain: list  # numcodecs_chain of the inner chunks: [compressor,] "crc32c"
+    fill_value: object
+
+
+def shard_layout(arr) -> ShardLayout | None:
+    """The layout our writer makes, or None: sharding_indexed with the index at the end
+    (bytes + crc32c), inner chunks bytes -> [blosc|zstd] -> crc32c, default "/" chunk
+    keys, little-endian, 2-D, inner chunks tiling the shard."""
+    from zarr.codecs import ShardingCodec
+
+    try:
+        meta = arr.metadata
+        (sharding,) = meta.codecs
+        chunk = tuple(int(x) for x in sharding.chunk_shape)
+        shard = tuple(int(x) for x in meta.chunk_grid.chunk_shape)
+        chain = numcodecs_chain(sharding.codecs)
+        ok = (
+            isinstance(sharding, ShardingCodec)
+            and sharding.index_location.value == "end"
+            and numcodecs_chain(sharding.index_codecs) == ["crc32c"]
+            and chain[-1:] == ["crc32c"] and len(chain) <= 2
+            and meta.chunk_key_encoding.name == "default" and meta.chunk_key_encoding.separator == "/"
+            and len(shard) == 2 and len(chunk) == 2 and all(s % c == 0 for s, c in zip(shard, chunk))
+            and getattr(meta.data_type, "endianness", None) != "big" and np.little_endian
+        )
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return ShardLayout(chunk, shard, chain, meta.fill_value) if ok else None
 
 
 class ShardWriter:
@@ -28,29 +66,14 @@ class ShardWriter:
     """
 
     def __init__(self, arr):
-        self.path = Path(arr.store_path.store.root) / arr.path if hasattr(arr.store_path.store, "root") else None
-        self.ok = False
-        try:
-            meta = arr.metadata
-            (sharding,) = meta.codecs
-            self.chunk = tuple(sharding.chunk_shape)
-            self.shard = tuple(meta.chunk_grid.chunk_shape)
-            self.chain = numcodecs_chain(sharding.codecs)
-            index_chain = numcodecs_chain(sharding.index_codecs)
-            self.ok = (
-                self.path is not None
-                and sharding.index_location.value == "end"
-                and index_chain == ["crc32c"]
-                and meta.fill_value == 0
-                and meta.chunk_key_encoding.name == "default" and meta.chunk_key_encoding.separator == "/"
-                and len(self.shard) == 2 and all(s % c == 0 for s, c in zip(self.shard, self.chunk))
-                and not getattr(meta.data_type, "endianness", None) == "big"
-            )
-        except (ValueError, TypeError, AttributeError):
-            self.ok = False
+        store = arr.store_path.store
+        self.path = Path(store.root) / arr.path if hasattr(store, "root") else None
+        layout = shard_layout(arr) if self.path is not None else None
+        self.ok = layout is not None and layout.fill_value == 0
         if self.ok:
             from zarr.core.indexing import morton_order_iter
 
+            self.chunk, self.shard, self.chain = layout.chunk, layout.shard, layout.chain
             self.per_shard = (self.shard[0] // self.chunk[0], self.shard[1] // self.chunk[1])
             self.order = list(morton_order_iter(self.per_shard))
 
@@ -96,8 +119,6 @@ class ShardWriter:
 
 
 def crc32c_bytes(b) -> bytes:
-    import google_crc32c  # Zarr's own crc32c dependency
-
     return int(google_crc32c.value(b)).to_bytes(4, "little")
 
 

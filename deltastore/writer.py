@@ -225,10 +225,6 @@ class StoreWriter:
         write_json_atomic(root / COMMIT_FILE, {"committed_steps": committed, "model_fingerprint": None}, fsync=fsync)
         return cls(root, manifest, committed, buffer_bytes=buffer_bytes, fsync=fsync, pin_memory=pin_memory)
 
-    @staticmethod
-    def step_bytes(manifest: Manifest) -> int:
-        return _step_bytes(manifest.groups, manifest.value_dtype, manifest.int8_block)
-
     def _alloc(self, pin: bool) -> _StepBuffer:
         m = self.manifest
         vdt = storage_torch_dtype(m.value_dtype)
