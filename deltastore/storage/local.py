@@ -1,0 +1,197 @@
+"""LocalStoreIO: a store in a directory of the local file system.
+
+Atomic writes are a uniquely named hidden ``.<name>.<uuid>.partial`` file moved
+into place with ``os.replace`` (the habit of Zarr's LocalStore); create-if-absent
+is ``os.link`` of such a file (fails if the name exists). Locks are
+``fcntl.flock`` on a file named by the lock's key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from ..errors import StoreLockedError
+from .base import RangeFile, StoreIO, check_key
+
+
+class _LocalRangeFile(RangeFile):
+    def __init__(self, path: Path, count):
+        self._fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self._fd).st_size
+        self._count = count
+
+    def pread(self, length: int, offset: int) -> bytes:
+        buf = os.pread(self._fd, length, offset)  # releases the GIL: reader threads overlap
+        self._count(len(buf))
+        return buf
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class LocalStoreIO(StoreIO):
+    def __init__(self, root: str | os.PathLike):
+        super().__init__()
+        self.root = Path(root)
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    # ---- reading ------------------------------------------------------------------
+    def read(self, key: str) -> bytes:
+        data = self.path(key).read_bytes()
+        self._count(len(data))
+        return data
+
+    def open_range(self, key: str) -> RangeFile:
+        return _LocalRangeFile(self.path(key), self._count)
+
+    def map(self, key: str):
+        with open(self.path(key), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def is_empty(self) -> bool:
+        if not self.root.exists():
+            return True
+        return self.root.is_dir() and not any(self.root.iterdir())
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def list_dir(self, prefix: str = "") -> list[str]:
+        base = self.path(prefix) if prefix else self.root
+        try:
+            return sorted(e.name for e in os.scandir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def list_prefix(self, prefix: str = "") -> list[str]:
+        base = self.path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
+        out = []
+        for dirpath, _, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            out.extend(f if rel == "." else f"{rel}/{f}" for f in files)
+        return sorted(out)
+
+    # ---- writing ------------------------------------------------------------------
+    def _tmp(self, path: Path) -> Path:
+        return path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+
+    @contextlib.contextmanager
+    def writer(self, key: str, *, fsync: bool = False) -> Iterator[BinaryIO]:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(path)
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if fsync:
+            _fsync_dir(path.parent)
+
+    def create(self, key: str, data, *, fsync: bool = False) -> bool:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # fails if the name exists: never overwrites
+            except FileExistsError:
+                return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        if fsync:
+            _fsync_dir(path.parent)
+        return True
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        prefix = prefix.rstrip("/")
+        if prefix:
+            shutil.rmtree(self.path(prefix), ignore_errors=True)
+            return
+        for name in self.list_dir(""):  # the whole store, but not its root directory
+            entry = self.root / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def sync(self, keys) -> None:
+        dirs = set()
+        for key in keys:
+            path = self.path(key)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(path.parent)
+        for d in dirs:
+            _fsync_dir(d)
+
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float) -> Iterator[None]:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreLockedError(f"{path}: expected to take the lock within {timeout} s, another process still holds it") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
