@@ -11,10 +11,11 @@ tiny, and pruning them hurt retained accuracy in the paper's experiments.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from .errors import InvalidPlanError
+from .errors import InvalidArgumentError, InvalidPlanError
 
 MODES = ("random", "magnitude", "global")
 
@@ -44,6 +45,29 @@ class TensorSpec:
     def prunable_by_default(self) -> bool:
         # Weights (matrices, conv kernels) only: biases, norms and buffers stay dense.
         return self.kind == "parameter" and len(self.shape) >= 2
+
+
+def layerwise_rates(count: int, first: float, last: float) -> list[float]:
+    """The layer-wise schedule: ``first`` for the first of ``count`` tensors, linearly to ``last``.
+
+    Value ``i`` is ``first + (last - first) * (i / (count - 1))`` (``first`` alone when
+    ``count == 1``, nothing when ``count == 0``), in that float64 order: pruning plans
+    (rates) and unlearning's selection schedules (densities) use this one formula, so
+    their figures do not drift apart. Range checks belong to the callers (a rate is in
+    [0, 1), a density in (0, 1]); here only the kinds are checked.
+
+    >>> layerwise_rates(3, 0.9, 0.5)
+    [0.9, 0.7, 0.5]
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise InvalidArgumentError(f"count: expected a non-negative integer, got {count!r}")
+    ends = []
+    for what, value in (("first", first), ("last", last)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidArgumentError(f"{what}: expected a finite number, got {value!r}")
+        ends.append(float(value))
+    first, last = ends
+    return [first + (last - first) * (0.0 if count == 1 else i / (count - 1)) for i in range(count)]
 
 
 def _parse_rate(rate: object, what: str) -> float:
@@ -115,8 +139,6 @@ class PruningPlan:
         """The paper's schedule: ``first`` in the first prunable tensor, linearly down to ``last``."""
         return cls(kind="layerwise", first=first, last=last, mode=mode, prune_1d=prune_1d, seed=seed)
 
-    paper = layerwise  # alias: the default plan
-
     @classmethod
     def by_pattern(
         cls,
@@ -149,10 +171,8 @@ class PruningPlan:
             for s in prunable:
                 out[s.name] = self.rate
         elif self.kind == "layerwise":
-            m = len(prunable)
-            for i, s in enumerate(prunable):
-                t = 0.0 if m == 1 else i / (m - 1)
-                out[s.name] = self.first + (self.last - self.first) * t
+            for s, rate in zip(prunable, layerwise_rates(len(prunable), self.first, self.last)):
+                out[s.name] = rate
         else:
             for s in prunable:
                 out[s.name] = self.default_rate
@@ -190,7 +210,9 @@ class PruningPlan:
                 prune_1d=bool(obj.get("prune_1d", False)),
                 seed=obj.get("seed"),
             )
-        except (KeyError, TypeError) as exc:
+        except InvalidPlanError:
+            raise  # a field out of range: its own message says which
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError: a pattern that is not a [name, rate] pair
             raise InvalidPlanError(f"pruning plan JSON: expected the keys written by to_json(), got {obj!r}") from exc
 
     def describe(self) -> str:
@@ -201,11 +223,3 @@ class PruningPlan:
         if self.kind == "layerwise":
             return f"layer-wise {self.first:.0%}->{self.last:.0%} {self.mode}"
         return f"by pattern ({len(self.patterns)} patterns) {self.mode}"
-
-
-def tensor_specs(named: Iterable[tuple[str, object, str]]) -> list[TensorSpec]:
-    """Build specs from ``(name, tensor, kind)`` triples."""
-    out = []
-    for name, t, kind in named:
-        out.append(TensorSpec(name=name, shape=tuple(int(d) for d in t.shape), dtype=str(t.dtype).replace("torch.", ""), kind=kind))
-    return out

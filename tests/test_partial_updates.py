@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deltastore.errors import InvalidArgumentError
+from deltastore.plan import layerwise_rates
 from unlearning.data import load_digits_split
 from unlearning.models import build_model
 from unlearning.partial_updates import (
@@ -241,6 +242,7 @@ def test_layerwise_schedule_interpolates_over_weight_tensors():
     got = [sched.density(n) for n in weights]
     expected = [0.9 + (0.1 - 0.9) * i / (len(weights) - 1) for i in range(len(weights))]
     assert got == pytest.approx(expected)
+    assert got == layerwise_rates(len(weights), 0.9, 0.1)  # the pruning plans' formula, bit for bit
     assert all(sched.density(n) == 0.7 for n, p in model.named_parameters() if p.ndim < 2)
     lf = SelectionSchedule.for_label_flip(model)
     ga = SelectionSchedule.for_gradient_ascent(model)
@@ -249,6 +251,24 @@ def test_layerwise_schedule_interpolates_over_weight_tensors():
     assert lf_w == sorted(lf_w, reverse=True) and lf_w[0] == 1.0 and lf_w[-1] < 1.0
     assert ga_w == sorted(ga_w) and ga_w[-1] == 1.0 and ga_w[0] < 1.0
     assert SelectionSchedule.dense().is_dense() and not lf.is_dense()
+
+
+# Not down to subnormals: 1.0 + (5e-324 - 1.0) * 1.0 is 0.0, a density the schedule rightly refuses.
+_densities = st.floats(1e-6, 1.0)
+
+
+@given(first=_densities, last=_densities, vector=_densities, name=st.sampled_from(["mlp", "lenet"]))
+def test_layerwise_schedule_is_the_plan_schedule_over_weights(first, last, vector, name):
+    model = _MODELS[name]
+    sched = SelectionSchedule.layerwise(model, first, last, vector_density=vector)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert list(sched.densities) == [n for n, _ in params]  # registration order
+    weights = [n for n, p in params if p.ndim >= 2]
+    assert [sched.density(n) for n in weights] == layerwise_rates(len(weights), first, last)
+    assert all(sched.density(n) == vector for n, p in params if p.ndim < 2)
+
+
+_MODELS = {name: build_model(name, in_shape=(1, 8, 8), num_classes=10, seed=0) for name in ("mlp", "lenet")}
 
 
 def test_schedule_validation():

@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deltastore.errors import InvalidArgumentError
+from deltastore.plan import layerwise_rates
 
 __all__ = [
     "SelectionSchedule",
@@ -205,15 +206,10 @@ class SelectionSchedule:
         last = _parse_density(last, "last-layer density")
         vector_density = _parse_density(vector_density, "vector density")
         params = _trainable(model)
-        m = sum(1 for _, p in params if p.ndim >= 2)
-        out, i = {}, 0
-        for name, p in params:  # registration order, so the mapping reads like the model
-            if p.ndim < 2:
-                out[name] = vector_density
-                continue
-            t = 0.0 if m == 1 else i / (m - 1)
-            out[name] = first + (last - first) * t
-            i += 1
+        # the pruning plans' schedule formula, here over densities
+        weights = iter(layerwise_rates(sum(1 for _, p in params if p.ndim >= 2), first, last))
+        # registration order, so the mapping reads like the model
+        out = {name: next(weights) if p.ndim >= 2 else vector_density for name, p in params}
         return cls(densities=out, default=1.0, shift=shift)
 
     @classmethod
@@ -279,7 +275,10 @@ class SelectionSchedule:
 def kept_count(numel: int, density: float) -> int:
     """Number of ones in a selection mask: ``round(density * numel)``.
 
-    Python's ``round`` (half to even), the same rule as the pruning plans.
+    Python's ``round`` (half to even). Not the pruning plans' rule
+    (``deltastore.masks.kept_count``: ``floor((1 - rate) * n + 0.5)``, halves up):
+    at an exact half the two differ by one (``numel=1, density=0.5``: 0 here, 1
+    there). Kept as it is so that results recorded with it do not change.
     Can be 0 for a tiny tensor at a low density; that tensor is then frozen.
     """
     return min(int(numel), int(round(float(density) * int(numel))))

@@ -1,14 +1,9 @@
-"""Seeded masks (feistel-rotate-v1): exact k distinct positions, numpy == torch, test vectors.
-
-A scalar pure-Python reference, written from docs/MASKS.md, checks the
-vectorised numpy and torch code; the fixed vectors below are the ones
-printed in docs/MASKS.md for implementations in other languages.
-"""
+"""MaskGenerator (deltastore/masks/generator.py): exact k distinct positions, numpy == torch,
+the test vectors of docs/MASKS.md, gathers at rotated sorted sets."""
 
 from __future__ import annotations
 
 import doctest
-import math
 
 import numpy as np
 import pytest
@@ -18,63 +13,15 @@ from hypothesis import strategies as st
 
 from deltastore import masks
 from deltastore.errors import InvalidArgumentError, InvalidPlanError
-from deltastore.masks import (
-    MASK_ALGORITHM,
-    TAG_BASE,
-    TAG_STEP,
-    MaskGenerator,
-    derive_key,
-    feistel_permute_np,
-    feistel_permute_torch,
-    kept_count,
-    round_keys,
-    splitmix64,
-)
+from deltastore.masks import MASK_ALGORITHM, TAG_BASE, TAG_STEP, MaskGenerator, base_set_torch, gather_rotated, generator
+
+from .test_masks_feistel import ref_key, ref_perm
 
 U64 = 2**64
 
-# ------------------------------------------------------------- reference
-
-
-def ref_splitmix64(x):
-    z = (x + 0x9E3779B97F4A7C15) % U64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % U64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % U64
-    return z ^ (z >> 31)
-
-
-def ref_key(seed, *words):
-    h = ref_splitmix64(seed)
-    for w in words:
-        h = ref_splitmix64(h ^ w)
-    return h
-
-
-def ref_perm(x, n, key):
-    """pi_key(x) on [0, n), one scalar at a time, straight from docs/MASKS.md."""
-    b = max(2, math.ceil(math.log2(n)) if n > 1 else 0)
-    b += b % 2
-    h = b // 2
-    ks = [ref_key(key, i) % 2**32 for i in range(4)]
-
-    def f(r, k):
-        x = (r ^ k) % 2**32
-        x = (x * 0x45D9F3B) % 2**32
-        x ^= x >> 16
-        x = (x * 0x45D9F3B) % 2**32
-        x ^= x >> 16
-        return x % 2**h
-
-    while True:
-        left, right = x >> h, x % 2**h
-        for k in ks:
-            left, right = right, left ^ f(right, k)
-        x = left * 2**h + right
-        if x < n:
-            return x
-
 
 def ref_positions(seed, pool, step, group, n, k):
+    """Kept positions in value order, one scalar at a time, straight from docs/MASKS.md §4-§5."""
     hs = ref_key(seed, TAG_STEP, step, group)
     p, o = hs % pool, (hs >> 32) % n
     base = sorted(ref_perm(r, n, ref_key(seed, TAG_BASE, group, p)) for r in range(k))
@@ -128,29 +75,16 @@ def test_vectors_match_reference(vec):
     assert MaskGenerator(seed).positions_np(step, group, n, k).tolist() == ref_positions(seed, 4, step, group, n, k)
 
 
-def test_splitmix64_published_values():
-    # The reference splitmix64 stream seeded with 0, and the seed-1234567 output (Vigna's C code).
-    assert [splitmix64(i * 0x9E3779B97F4A7C15 % U64) for i in range(4)] == [
-        0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F, 0xF88BB8A8724C81EC,
-    ]
-    assert splitmix64(1234567) == 6457827717110365317
-
-
-def test_key_and_permutation_vectors():
-    k0 = derive_key(0, TAG_BASE, 0, 0)
-    assert k0 == 0xFA88D1341E893AAA
-    assert round_keys(k0) == (0x7DAB8303, 0x79E28D2F, 0xEC2F2AD0, 0x4F9933B7)
-    assert derive_key(0, TAG_STEP, 0, 0) == 0x8B2D2C2021EDB422
-    assert feistel_permute_np(np.arange(16), 16, k0).tolist() == [10, 1, 3, 14, 0, 13, 4, 6, 7, 8, 12, 5, 9, 11, 15, 2]
-    assert feistel_permute_np(np.arange(10), 10, k0).tolist() == [9, 1, 3, 2, 0, 5, 4, 6, 7, 8]
-    k1 = derive_key(12345, TAG_BASE, 0, 0)
-    assert k1 == 0x618CD2948905B06E
-    assert feistel_permute_np(np.arange(10), 10, k1).tolist() == [7, 3, 5, 6, 9, 1, 2, 4, 0, 8]
+def test_algorithm_id_and_package_surface():
     assert MASK_ALGORITHM == "feistel-rotate-v1"
+    # every name the package exports exists (the engine imports them from deltastore.masks)
+    missing = [name for name in masks.__all__ if not hasattr(masks, name)]
+    assert missing == []
 
 
 def test_doc_examples_run():
-    assert doctest.testmod(masks).failed == 0
+    result = doctest.testmod(generator)
+    assert result.attempted >= 1 and result.failed == 0
 
 
 # ------------------------------------------------------------- properties
@@ -183,32 +117,13 @@ def test_matches_scalar_reference(seed, step, group, nk):
     assert MaskGenerator(seed).positions_np(step, group, n, k).tolist() == ref_positions(seed, 4, step, group, n, k)
 
 
-@given(n=st.integers(1, 5000), key=seeds)
-def test_full_permutation_is_bijection_np_equals_torch(n, key):
-    p_np = feistel_permute_np(np.arange(n), n, key)
-    p_t = feistel_permute_torch(torch.arange(n), n, key)
-    assert np.array_equal(np.sort(p_np), np.arange(n))
-    assert np.array_equal(p_np, p_t.numpy())
-
-
-@given(n=st.integers(1, 2**62), key=seeds, data=st.data())
-def test_permute_np_equals_torch_any_width(n, key, data):
-    ranks = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=200))
-    p_np = feistel_permute_np(np.array(ranks, dtype=np.int64), n, key)
-    p_t = feistel_permute_torch(torch.tensor(ranks, dtype=torch.int64), n, key)
-    assert np.array_equal(p_np, p_t.numpy())
-    assert p_np.min() >= 0 and p_np.max() < n
-    # distinct ranks stay distinct (bijection)
-    assert np.unique(p_np).size == len(set(ranks))
-
-
 @given(seed=seeds, step=steps, group=groups, nk=sizes(), pool=st.integers(1, 8))
 def test_positions_np_equal_torch_device_path(seed, step, group, nk, pool):
     """The torch construction used off CPU gives the numpy bits (checked here on CPU)."""
     n, k = nk
     gen = MaskGenerator(seed, pool)
     p, o = gen.rotation(step, group, n)
-    b_t = masks._base_torch(n, k, gen.base_key(group, p), torch.device("cpu"))
+    b_t = base_set_torch(n, k, gen.base_key(group, p), torch.device("cpu"))
     assert b_t.dtype == torch.int64
     assert np.array_equal(b_t.numpy(), gen.base_np(group, p, n, k))
     assert np.array_equal(torch.remainder(b_t + o, n).numpy(), gen.positions_np(step, group, n, k))
@@ -233,7 +148,7 @@ def test_smaller_k_is_subset(seed, group, n, data):
 
 
 @given(seed=seeds, step=steps, group=groups, nk=sizes(), dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
-def test_gather_scatter_agree_with_positions(seed, step, group, nk, dtype):
+def test_gather_agrees_with_positions(seed, step, group, nk, dtype):
     n, k = nk
     gen = MaskGenerator(seed)
     flat = torch.arange(1, n + 1, dtype=torch.float64).to(dtype)
@@ -242,31 +157,9 @@ def test_gather_scatter_agree_with_positions(seed, step, group, nk, dtype):
     assert got.dtype == dtype and torch.equal(got, flat[pos])
     p, o = gen.rotation(step, group, n)
     b = gen.base(group, p, n, k)
-    assert torch.equal(masks._gather_index(flat, b, o), got)  # the accelerator path
-    assert torch.equal(masks._gather_split(flat, b, o), got)  # wrap point found by torch
-
-    acc = torch.zeros(n, dtype=dtype)
-    gen.scatter_add_(acc, got, step, group)
-    expected = torch.zeros(n, dtype=dtype)
-    expected[pos] = flat[pos]
-    assert torch.equal(acc, expected)  # scatter of gather = the masked tensor
-    for scatter in (masks._scatter_index, masks._scatter_split):
-        acc2 = torch.zeros(n, dtype=dtype)
-        scatter(acc2, b, o, got)
-        assert torch.equal(acc2, expected)
-
-
-def test_scatter_add_accumulates():
-    gen = MaskGenerator(3)
-    acc = torch.full((1000,), 2.0)
-    vals = torch.ones(400)
-    gen.scatter_add_(acc, vals, 5, 1)
-    gen.scatter_add_(acc, vals, 5, 1)
-    pos = gen.positions(5, 1, 1000, 400)
-    assert torch.all(acc[pos] == 4.0)
-    keep = torch.ones(1000, dtype=torch.bool)
-    keep[pos] = False
-    assert torch.all(acc[keep] == 2.0)
+    assert torch.equal(gather_rotated(flat, b, o, method="index"), got)  # the accelerator path
+    assert torch.equal(gather_rotated(flat, b, o, method="split"), got)  # wrap point found by torch
+    assert torch.equal(gather_rotated(flat, b, o), got)
 
 
 def test_gather_non_contiguous_and_k_zero():
@@ -275,9 +168,6 @@ def test_gather_non_contiguous_and_k_zero():
     flat = base[::2]  # strided view, n = 1000
     assert torch.equal(gen.gather(flat, 4, 0, 300), flat[gen.positions(4, 0, 1000, 300)])
     assert gen.gather(flat, 4, 0, 0).shape == (0,)
-    acc = torch.zeros(1000)
-    gen.scatter_add_(acc, torch.empty(0), 4, 0)
-    assert not acc.any()
 
 
 @given(seed=seeds, step=st.integers(0, U64 - 2), group=groups, n=st.integers(100_000, 200_000), data=st.data())
@@ -310,28 +200,6 @@ def test_every_position_kept_at_the_rate():
     assert np.abs(counts - s * k / n).max() < 145
 
 
-def test_permutation_is_not_trivial():
-    n = 2**16
-    p = feistel_permute_np(np.arange(n), n, derive_key(5, TAG_BASE, 0, 0))
-    assert (p == np.arange(n)).sum() < 20  # expected ~1 fixed point
-    assert abs(np.corrcoef(np.arange(n), p)[0, 1]) < 0.03
-
-
-def test_chunked_and_sort_paths_agree(monkeypatch):
-    n, k, key = 50_000, 20_000, derive_key(1, TAG_BASE, 2, 3)
-    full = masks._base_np(n, k, key)
-    ranks_full = feistel_permute_np(np.arange(k), n, key)
-    monkeypatch.setattr(masks, "_CPU_CHUNK", 997)
-    assert np.array_equal(masks._base_np(n, k, key), full)
-    assert np.array_equal(masks._base_torch(n, k, key, torch.device("cpu")).numpy(), full)
-    assert np.array_equal(feistel_permute_np(np.arange(k), n, key), ranks_full)
-    assert np.array_equal(feistel_permute_torch(torch.arange(k), n, key).numpy(), ranks_full)
-    monkeypatch.setattr(masks, "_use_bitmap", lambda n, k: False)
-    assert np.array_equal(masks._base_np(n, k, key), full)
-    assert np.array_equal(masks._base_torch(n, k, key, torch.device("cpu")).numpy(), full)
-    assert np.array_equal(np.sort(ranks_full), full)
-
-
 def test_cache_reuse_and_clear():
     gen = MaskGenerator(9)
     a = gen.base(1, 2, 5000, 1000)
@@ -355,56 +223,13 @@ def test_rotation_ranges():
     assert {gen.rotation(s, 4, 17)[0] for s in range(200)} == {0, 1, 2}
 
 
-# ------------------------------------------------------------- kept_count
-
-
-@pytest.mark.parametrize(
-    "n, rate, k",
-    [
-        (0, 0.0, 0),
-        (1, 0.0, 1),
-        (1, 0.5, 1),  # floor(0.5 + 0.5): halves round up
-        (1, 0.51, 0),
-        (3, 0.5, 2),
-        (10, 0.25, 8),
-        (10, 0.999, 0),
-        (11_200_000, 0.5, 5_600_000),
-        (11_200_000, 0.9, 1_120_000),
-        (2**62, 0.0, 2**62),
-        (7, 0, 7),  # integer rate accepted
-        (100, np.float32(0.25), 75),
-    ],
-)
-def test_kept_count_edges(n, rate, k):
-    assert kept_count(n, rate) == k
-
-
-@given(n=st.integers(0, 2**40), rate=st.floats(0.0, 1.0, exclude_max=True))
-def test_kept_count_is_rounded_share(n, rate):
-    k = kept_count(n, rate)
-    assert 0 <= k <= n
-    assert abs(k - (1.0 - rate) * n) <= 0.5 + n * 2**-50
-
-
 # ------------------------------------------------------------- bad input
 
 _gen = MaskGenerator(1)
 _flat = torch.zeros(10)
-
-BAD_PLAN = {
-    "rate negative": lambda: kept_count(10, -0.1),
-    "rate one": lambda: kept_count(10, 1.0),
-    "rate above one": lambda: kept_count(10, 1.5),
-    "rate nan": lambda: kept_count(10, float("nan")),
-    "rate inf": lambda: kept_count(10, float("inf")),
-    "rate string": lambda: kept_count(10, "0.5"),
-    "rate bool": lambda: kept_count(10, True),
-}
+_base = torch.tensor([1, 4, 7])
 
 BAD_ARG = {
-    "kept_count n negative": lambda: kept_count(-1, 0.5),
-    "kept_count n too large": lambda: kept_count(2**62 + 1, 0.5),
-    "kept_count n float": lambda: kept_count(10.0, 0.5),
     "seed negative": lambda: MaskGenerator(-1),
     "seed 2**64": lambda: MaskGenerator(2**64),
     "seed float": lambda: MaskGenerator(1.0),
@@ -412,9 +237,6 @@ BAD_ARG = {
     "seed string": lambda: MaskGenerator("1"),
     "pool zero": lambda: MaskGenerator(1, pool=0),
     "pool float": lambda: MaskGenerator(1, pool=2.0),
-    "derive_key word negative": lambda: derive_key(1, -5),
-    "derive_key word 2**64": lambda: derive_key(1, 2**64),
-    "splitmix via derive_key seed negative": lambda: derive_key(-1),
     "rotation step negative": lambda: _gen.rotation(-1, 0, 10),
     "rotation step 2**64": lambda: _gen.rotation(2**64, 0, 10),
     "rotation group negative": lambda: _gen.rotation(0, -1, 10),
@@ -425,32 +247,21 @@ BAD_ARG = {
     "base k above n": lambda: _gen.base(0, 0, 10, 11),
     "base k negative": lambda: _gen.base(0, 0, 10, -1),
     "base_np n zero": lambda: _gen.base_np(0, 0, 0, 0),
+    "base_key group float": lambda: _gen.base_key(0.5, 0),
     "positions k above n": lambda: _gen.positions(0, 0, 10, 11),
     "positions_np group float": lambda: _gen.positions_np(0, 0.5, 10, 3),
-    "permute_np rank = n": lambda: feistel_permute_np(np.array([0, 10]), 10, 1),
-    "permute_np rank negative": lambda: feistel_permute_np(np.array([-1]), 10, 1),
-    "permute_np float ranks": lambda: feistel_permute_np(np.array([1.0]), 10, 1),
-    "permute_np key 2**64": lambda: feistel_permute_np(np.array([1]), 10, 2**64),
-    "permute_np n zero": lambda: feistel_permute_np(np.array([], dtype=np.int64), 0, 1),
-    "permute_torch rank = n": lambda: feistel_permute_torch(torch.tensor([10]), 10, 1),
-    "permute_torch float ranks": lambda: feistel_permute_torch(torch.tensor([1.0]), 10, 1),
-    "permute_torch not a tensor": lambda: feistel_permute_torch([1, 2], 10, 1),
-    "permute_torch key negative": lambda: feistel_permute_torch(torch.tensor([1]), 10, -1),
     "gather 2-D": lambda: _gen.gather(torch.zeros(2, 5), 0, 0, 3),
     "gather empty": lambda: _gen.gather(torch.zeros(0), 0, 0, 0),
     "gather not a tensor": lambda: _gen.gather(np.zeros(10), 0, 0, 3),
     "gather k above n": lambda: _gen.gather(_flat, 0, 0, 11),
-    "scatter values too many": lambda: _gen.scatter_add_(_flat.clone(), torch.zeros(11), 0, 0),
-    "scatter dtype mismatch": lambda: _gen.scatter_add_(_flat.clone(), torch.zeros(3, dtype=torch.float64), 0, 0),
-    "scatter values 2-D": lambda: _gen.scatter_add_(_flat.clone(), torch.zeros(1, 3), 0, 0),
-    "scatter acc 2-D": lambda: _gen.scatter_add_(torch.zeros(2, 5), torch.zeros(3), 0, 0),
+    "gather_rotated offset = n": lambda: gather_rotated(_flat, _base, 10),
+    "gather_rotated offset negative": lambda: gather_rotated(_flat, _base, -1),
+    "gather_rotated base int32": lambda: gather_rotated(_flat, _base.int(), 0),
+    "gather_rotated base 2-D": lambda: gather_rotated(_flat, _base[None], 0),
+    "gather_rotated base a list": lambda: gather_rotated(_flat, [1, 4, 7], 0),
+    "gather_rotated base too long": lambda: gather_rotated(torch.zeros(2), _base, 0),
+    "gather_rotated method unknown": lambda: gather_rotated(_flat, _base, 0, method="roll"),
 }
-
-
-@pytest.mark.parametrize("call", BAD_PLAN.values(), ids=BAD_PLAN.keys())
-def test_bad_plan_input(call):
-    with pytest.raises(InvalidPlanError, match="expected .*got"):
-        call()
 
 
 @pytest.mark.parametrize("call", BAD_ARG.values(), ids=BAD_ARG.keys())
