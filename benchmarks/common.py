@@ -6,9 +6,7 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -50,17 +48,6 @@ def machine() -> dict:
 
 def median(values) -> float:
     return float(statistics.median(values))
-
-
-def timed(fn: Callable[[], object], *, sync_device: str | None = None) -> tuple[float, object]:
-    """Seconds taken by fn() (CUDA synchronised before and after when asked)."""
-    if sync_device and sync_device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if sync_device and sync_device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, out
 
 
 def drop_page_cache(paths) -> bool:

@@ -5,9 +5,11 @@ epoch, ``batch`` samples per optimizer step, a part flushed every
 ``steps_per_part`` steps (as a recorder would), then one compaction.
 
 "Cold" means a fresh :class:`~deltastore.index.SampleIndex` (listing the
-directory, mapping and parsing every part's footer, then the lookup); the OS
-page cache is warm, since the files were just written. "Warm" is the same
-call again on the same reader.
+index, mapping every part and sidecar, then the lookup); the OS page cache is
+warm, since the files were just written. "Warm" is the same call again on the
+same reader. After the compacted figures, the compacted part's sidecar is
+deleted and the lookups timed again (``no_sidecar.*``): the pyarrow route that
+stores written before sidecars take.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deltastore.index import IndexWriter, SampleIndex
+from deltastore.index import IndexWriter, SampleIndex, list_index
+from deltastore.storage import LocalStoreIO, StoreIO
 
 __all__ = ["run_index_benchmark"]
+
+PREFIX = "index"
 
 
 def _timed(fn, repeats: int) -> tuple[float, float, object]:
@@ -35,14 +40,14 @@ def _timed(fn, repeats: int) -> tuple[float, float, object]:
     return min(times), float(np.median(times)), result
 
 
-def _lookup_figures(directory: Path, id_type: str, committed: int, queries: dict[int, object], repeats: int) -> dict:
+def _lookup_figures(io: StoreIO, id_type: str, committed: int, queries: dict[int, object], repeats: int) -> dict:
     out: dict[str, float] = {}
     for k, q in queries.items():
         def cold(q=q):
-            return SampleIndex(directory, id_type, committed).lookup(q)
+            return SampleIndex(io, id_type, committed, prefix=PREFIX).lookup(q)
 
         cmin, cmed, (steps, unknown) = _timed(cold, repeats)
-        index = SampleIndex(directory, id_type, committed)
+        index = SampleIndex(io, id_type, committed, prefix=PREFIX)
         index.lookup(q)
         wmin, wmed, _ = _timed(lambda q=q: index.lookup(q), repeats)
         out[f"lookup_{k}_cold_ms"] = round(cmed * 1e3, 2)
@@ -53,7 +58,7 @@ def _lookup_figures(directory: Path, id_type: str, committed: int, queries: dict
         if unknown:  # every query id was recorded: a miss is a bug, not a figure
             raise RuntimeError(f"index lost {len(unknown)} recorded ids")
     t0 = time.perf_counter()
-    index = SampleIndex(directory, id_type, committed)
+    index = SampleIndex(io, id_type, committed, prefix=PREFIX)
     _ = index.num_parts
     out["open_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
     step = committed // 2
@@ -63,12 +68,26 @@ def _lookup_figures(directory: Path, id_type: str, committed: int, queries: dict
     return out
 
 
+def _sizes(io: StoreIO, index: SampleIndex) -> dict:
+    """Parts, parts with a sidecar, and bytes per row: all, Parquet parts only, sidecars only."""
+    rows = max(1, index.num_rows)
+    parquet = sum(io.size(k) for k in index.part_keys)
+    total = index.nbytes
+    return {
+        "parts": index.num_parts,
+        "sidecar_parts": index.num_sidecar_parts,
+        "bytes_per_row": round(total / rows, 2),
+        "parquet_bytes_per_row": round(parquet / rows, 2),
+        "sidecar_bytes_per_row": round((total - parquet) / rows, 2),
+    }
+
+
 def run_index_benchmark(
     rows: int,
     seed: int = 0,
     *,
     id_type: str = "int64",
-    compression: str | None = None,
+    compression: str | None = "zstd",
     epochs: int = 8,
     batch: int = 128,
     steps_per_part: int = 64,
@@ -76,6 +95,7 @@ def run_index_benchmark(
     lookup_sizes: tuple[int, ...] = (1, 1000, 100_000),
     repeats: int = 3,
     directory: str | Path | None = None,
+    no_sidecar: bool = True,
 ) -> dict:
     """Build a synthetic sample index of about ``rows`` rows and return figures.
 
@@ -86,7 +106,8 @@ def run_index_benchmark(
     seed
         Seeds the epoch shuffles and the query draws.
     id_type, compression, row_group_size
-        Passed to :class:`~deltastore.index.IndexWriter`.
+        Passed to :class:`~deltastore.index.IndexWriter`. String ids are
+        ``f"sample-{i:09d}"``.
     epochs, batch, steps_per_part
         Run shape: samples per step and steps per flushed part.
     lookup_sizes
@@ -94,21 +115,24 @@ def run_index_benchmark(
     repeats
         Timed repetitions; medians are reported (plus the minimum for lookups).
     directory
-        Where to build the index (a temporary directory, removed afterwards, when None).
+        Where to build the store (a temporary directory, removed afterwards, when None).
+    no_sidecar
+        Also time the compacted part with its sidecar deleted (the pyarrow route).
 
     Returns
     -------
     dict
         Plain numbers: row and part counts, build and compaction seconds,
-        bytes per row, and for the uncompacted (``many_parts.*``) and the
-        compacted (``compacted.*``) index: cold and warm lookup milliseconds per
+        bytes per row, and for the uncompacted (``many_parts.*``), the
+        compacted (``compacted.*``) and the sidecar-less compacted
+        (``no_sidecar.*``) index: cold and warm lookup milliseconds per
         lookup size, open time, ``samples_for`` time.
     """
     rng = np.random.default_rng(seed)
     n_samples = max(1, rows // epochs)
     own_dir = directory is None
     root = Path(tempfile.mkdtemp(prefix="index-bench-")) if own_dir else Path(directory)
-    index_dir = root / "index"
+    io = LocalStoreIO(root)
 
     def ident(ids: np.ndarray):
         if id_type == "int64":
@@ -116,7 +140,7 @@ def run_index_benchmark(
         return [f"sample-{i:09d}" for i in ids.tolist()]
 
     try:
-        writer = IndexWriter(index_dir, id_type, row_group_size=row_group_size, compression=compression)
+        writer = IndexWriter(io, id_type, prefix=PREFIX, row_group_size=row_group_size, compression=compression)
         step = 0
         t0 = time.perf_counter()
         for epoch in range(epochs):
@@ -134,7 +158,7 @@ def run_index_benchmark(
             k: ident(np.sort(rng.choice(n_samples, size=min(k, n_samples), replace=False)))
             for k in lookup_sizes
         }
-        fresh = SampleIndex(index_dir, id_type, committed)
+        fresh = SampleIndex(io, id_type, committed, prefix=PREFIX)
         result: dict = {
             "rows": fresh.num_rows,
             "samples": n_samples,
@@ -144,21 +168,23 @@ def run_index_benchmark(
             "row_group_size": row_group_size,
             "build_s": round(build_s, 2),
             "build_rows_per_s": round(fresh.num_rows / build_s),
-            "many_parts.parts": fresh.num_parts,
-            "many_parts.bytes_per_row": round(fresh.nbytes / max(1, fresh.num_rows), 2),
         }
-        for key, value in _lookup_figures(index_dir, id_type, committed, queries, repeats).items():
-            result[f"many_parts.{key}"] = value
-
-        t0 = time.perf_counter()
-        writer.compact(committed)
-        result["compact_s"] = round(time.perf_counter() - t0, 2)
-        compacted = SampleIndex(index_dir, id_type, committed)
-        result["compacted.parts"] = compacted.num_parts
-        result["compacted.bytes_per_row"] = round(compacted.nbytes / max(1, compacted.num_rows), 2)
-        result["compacted.mapped_parts"] = compacted.num_mapped_parts
-        for key, value in _lookup_figures(index_dir, id_type, committed, queries, repeats).items():
-            result[f"compacted.{key}"] = value
+        layouts = {"many_parts": None, "compacted": None} | ({"no_sidecar": None} if no_sidecar else {})
+        for layout in layouts:
+            if layout == "compacted":
+                t0 = time.perf_counter()
+                writer.compact(committed)
+                result["compact_s"] = round(time.perf_counter() - t0, 2)
+            elif layout == "no_sidecar":
+                for name in io.list_dir(PREFIX):
+                    if name.endswith(".ids"):
+                        io.delete(f"{PREFIX}/{name}")
+                assert not list_index(io, PREFIX).sidecars
+            index = SampleIndex(io, id_type, committed, prefix=PREFIX)
+            for key, value in _sizes(io, index).items():
+                result[f"{layout}.{key}"] = value
+            for key, value in _lookup_figures(io, id_type, committed, queries, repeats).items():
+                result[f"{layout}.{key}"] = value
         return result
     finally:
         if own_dir:

@@ -42,8 +42,9 @@ import torch
 
 from deltastore.masks import MaskGenerator
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
-from deltastore.recorder import Recorder
+from deltastore.read import StoreReader
+from deltastore.selection import RANDOM
+from deltastore.record import Recorder
 from unlearning.data import load_digits_split, synthetic_images
 from unlearning.demo import _Both
 from unlearning.forget import forget
@@ -291,7 +292,7 @@ def _mask_seconds(path: Path, steps: list[int]) -> float:
     gen = MaskGenerator(m.mask_seed, m.mask_pool)
     t0 = time.perf_counter()
     for g in m.groups:
-        if g.selection == "random":
+        if g.selection is RANDOM:
             for p in sorted({gen.rotation(s, g.id, g.n)[0] for s in steps}):
                 gen.base_np(g.id, p, g.n, g.k)
     return time.perf_counter() - t0

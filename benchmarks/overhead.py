@@ -47,7 +47,7 @@ import torch
 
 from deltastore.format import DEFAULT_VALUE_DTYPE
 from deltastore.plan import PruningPlan
-from deltastore.recorder import Recorder
+from deltastore.record import Recorder
 from unlearning.data import load_digits_split, synthetic_images
 from unlearning.models import build_model, count_parameters
 

@@ -56,11 +56,10 @@ import numpy as np
 import torch
 import zarr
 
-from deltastore.format import CODECS, DEFAULT_CODEC_LEVEL, VALUE_DTYPES, compressors_for, default_codec
-from deltastore.shards import encode_chunk, numcodecs_chain
+from deltastore.format import CODECS, DEFAULT_CODEC_LEVEL, VALUE_DTYPES, compressors_for, default_codec, encode_chunk, numcodecs_chain
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
-from deltastore.recorder import Recorder
+from deltastore.read import StoreReader
+from deltastore.record import Recorder
 from unlearning.data import load_digits_split, synthetic_images
 from unlearning.evaluation import accuracy
 from unlearning.forget import forget

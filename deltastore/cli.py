@@ -19,7 +19,7 @@ _FALLBACK_PLUGINS = ("unlearning.cli_commands:register_demo", "unlearning.cli_co
 
 
 def _cmd_info(args) -> int:
-    from .reader import StoreReader
+    from .read import StoreReader
 
     r = StoreReader(args.store)
     m = r.manifest
@@ -40,7 +40,7 @@ def _cmd_info(args) -> int:
         "kept_per_step": m.kept_per_step,
         "tensors": [
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "kind": t.kind, "group": m.group_of(t.name).path,
-             "selection": m.group_of(t.name).selection, "k": m.group_of(t.name).k}
+             "selection": m.group_of(t.name).selection.name, "k": m.group_of(t.name).k}
             for t in m.tensors
         ],
         "bytes": sizes,

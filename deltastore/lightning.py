@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("deltastore.lightning needs Lightning: pip install 'deltastore[lightning]'") from exc
 
 from .errors import InvalidArgumentError, MissingSampleIdsError
-from .recorder import Recorder
+from .record import Recorder
 
 
 def default_ids(batch: Any):

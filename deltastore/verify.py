@@ -38,7 +38,8 @@ class VerifyReport:
 
 def verify_store(path: str | os.PathLike, *, progress: bool = False) -> VerifyReport:
     """Check a store end to end. Never raises for damage: it is listed in ``problems``."""
-    from .reader import StoreReader, _progress
+    from .progress import progress_bar
+    from .read import StoreReader
 
     report = VerifyReport(str(path))
     try:
@@ -48,8 +49,8 @@ def verify_store(path: str | os.PathLike, *, progress: bool = False) -> VerifyRe
         return report
     m = reader.manifest
     report.committed_steps = reader.committed_steps
-    batches = reader._shard_batches(list(range(reader.committed_steps)))
-    bar = _progress(len(batches) * len(m.groups), progress, "verifying")
+    batches = reader.shard_batches(list(range(reader.committed_steps)))
+    bar = progress_bar(len(batches) * len(m.groups), progress, "verifying")
     for b in batches:
         for g in m.groups:
             try:
@@ -60,11 +61,12 @@ def verify_store(path: str | os.PathLike, *, progress: bool = False) -> VerifyRe
                     try:
                         reader.read_rows(g.id, [s])
                     except CorruptStoreError as exc:
-                        report.problems.append(Problem(s, ",".join(g.tensors), str(exc)))
+                        report.problems.append(Problem(s, g.label, str(exc)))
             report.chunks_checked += 1
             bar.update(1)
     bar.close()
     try:
+        reader.index.check_sidecars()  # lookups check sidecar headers only; verify reads every byte
         report.index_rows = int(reader.index.num_rows)
         have = set(reader.index.steps().tolist())
         missing = [s for s in range(reader.committed_steps) if s not in have]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from deltastore.plan import PruningPlan
-from deltastore.recorder import Recorder
+from deltastore.record import Recorder
 
 
 class TinyNet(nn.Module):

@@ -1,8 +1,7 @@
 """Smoke tests of benchmarks/storage.py and benchmarks/overhead.py on tiny configurations.
 
 They check the shape and the internal consistency of the figures (keys, ratios,
-pruned < dense), never a speed. Also the writer's int8 fast path, which the
-overhead work introduced: it must equal format.quantize_int8 bit for bit.
+pruned < dense), never a speed.
 """
 
 from __future__ import annotations
@@ -10,13 +9,8 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from benchmarks import overhead, storage
-from deltastore.format import num_blocks, quantize_int8
-from deltastore.writer import quantize_int8_into
 
 TINY_MLP = {"data": "digits", "epochs": 1, "batch": 256, "plans": ("layerwise", "uniform-50"), "codec_check": True,
             "codec_modes": ("random",), "codec_rows": 8}
@@ -89,35 +83,3 @@ def test_overhead_rows_are_consistent(tmp_path):
         assert row[key] == pytest.approx(sum(paired) / 2)
     assert math.isclose(row["overhead_of_medians"], row["steps_per_s_plain"] / row["steps_per_s_recorded"] - 1)
     assert row["store_bytes_recorded"] < row["store_bytes_dense"]
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    k=st.integers(1, 2000),
-    block=st.sampled_from([1, 3, 64, 256]),
-    scale=st.sampled_from([1e-40, 1e-6, 1.0, 1e30]),
-    seed=st.integers(0, 2**16),
-)
-def test_writer_int8_fast_path_equals_the_reference_quantiser(k, block, scale, seed):
-    g = torch.Generator().manual_seed(seed)
-    v = torch.randn(k, generator=g) * scale
-    v[:: 5] = 0.0
-    q = torch.empty(k, dtype=torch.int8)
-    s = torch.empty(num_blocks(k, block))
-    quantize_int8_into(v, block, q, s)
-    q0, s0 = quantize_int8(v, block)
-    assert torch.equal(q, q0)
-    assert torch.equal(s, s0)
-
-
-@pytest.mark.parametrize("special", [float("nan"), float("inf"), -0.0])
-def test_writer_int8_fast_path_handles_special_values_like_the_reference(special):
-    v = torch.linspace(-1, 1, 600)
-    v[300] = special
-    v[:256] = 0.0
-    q = torch.empty(600, dtype=torch.int8)
-    s = torch.empty(num_blocks(600, 256))
-    quantize_int8_into(v, 256, q, s)
-    q0, s0 = quantize_int8(v, 256)
-    assert torch.equal(q, q0)
-    assert torch.equal(s.nan_to_num(-1.0), s0.nan_to_num(-1.0))

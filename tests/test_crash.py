@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deltastore.reader import StoreReader
-from deltastore.recorder import Recorder
+from deltastore.read import StoreReader
+from deltastore.record import Recorder
 from deltastore.verify import verify_store
 
 from .helpers import TinyNet, data, make_optimizer
@@ -30,7 +30,7 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {root!r})
     from tests.helpers import TinyNet, data, make_optimizer
     from deltastore.plan import PruningPlan
-    from deltastore.recorder import Recorder
+    from deltastore.record import Recorder
     torch.set_num_threads(1)
     model = TinyNet(0)
     opt = make_optimizer("sgd-momentum", model.parameters())

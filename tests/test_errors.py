@@ -10,8 +10,8 @@ import torch
 
 from deltastore import errors
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
-from deltastore.recorder import Recorder
+from deltastore.read import StoreReader
+from deltastore.record import Recorder
 from deltastore.verify import verify_store
 
 from .helpers import TinyNet, data, make_optimizer, record

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from deltastore import errors
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
+from deltastore.read import StoreReader
 from unlearning.forget import audit, forget, restore
 
 from .helpers import TinyNet, record

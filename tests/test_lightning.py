@@ -9,7 +9,7 @@ lightning = pytest.importorskip("lightning")
 
 from deltastore.lightning import DeltaStoreCallback  # noqa: E402
 from deltastore.plan import PruningPlan  # noqa: E402
-from deltastore.reader import StoreReader  # noqa: E402
+from deltastore.read import StoreReader  # noqa: E402
 
 
 class Module(lightning.LightningModule):

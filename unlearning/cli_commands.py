@@ -114,7 +114,7 @@ def _write_receipt(receipt, path) -> None:
 
 
 def _forget_cmd(args) -> int:
-    from deltastore.reader import StoreReader
+    from deltastore.read import StoreReader
 
     from .forget import forget
 
@@ -136,7 +136,7 @@ def _forget_cmd(args) -> int:
 
 
 def _restore_cmd(args) -> int:
-    from deltastore.reader import StoreReader
+    from deltastore.read import StoreReader
 
     from .forget import restore
 

@@ -23,8 +23,9 @@ import torch
 
 from deltastore.errors import StoreExistsError
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader, parse_device
-from deltastore.recorder import Recorder
+from deltastore.devices import parse_device
+from deltastore.read import StoreReader
+from deltastore.record import Recorder
 
 from .baselines import retrain
 from .data import load_digits_split

@@ -26,7 +26,8 @@ from deltastore.errors import (
 from deltastore.format import model_fingerprint
 from deltastore.index import parse_sample_ids
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader, parse_device
+from deltastore.devices import parse_device
+from deltastore.read import StoreReader
 
 from .ledger import Ledger, Receipt, new_request_id, parse_request_id
 
@@ -145,12 +146,11 @@ def forget(
             "pass allow_unknown=True to forget the rest and list them in the receipt",
             ids=unknown,
         )
-    ledger = Ledger(reader.root)
+    ledger = Ledger(reader.io)
     t0 = time.perf_counter()
     with ledger.locked(lock_timeout):
         entries = ledger.entries()
-        if any(r.request_id == request_id for r in entries):
-            raise LedgerError(f"request id {request_id!r}: already in the ledger; ids are unique")
+        Ledger.require_new_id(entries, request_id)
         before = model_fingerprint(named)
         _check_fingerprint(before, Ledger.expected_fingerprint(entries, reader.model_fingerprint), force, str(reader.root))
         done = Ledger.subtracted_steps(entries)
@@ -195,13 +195,11 @@ def restore(
     named = _named_tensors(model, reader)
     first = next(iter(named.values()))
     dev = parse_device(device if device is not None else first.device)
-    ledger = Ledger(reader.root)
+    ledger = Ledger(reader.io)
     t0 = time.perf_counter()
     with ledger.locked(lock_timeout):
         entries = ledger.entries()
-        target = next((r for r in entries if r.request_id == request_id and r.kind == "forget"), None)
-        if target is None:
-            raise LedgerError(f"restore: expected a forget request {request_id!r} in {ledger.dir}, found none")
+        target = Ledger.forget_entry(entries, request_id, where=ledger.dir)
         if Ledger.restored(entries, request_id):
             raise LedgerError(f"restore: request {request_id!r} was already restored")
         before = model_fingerprint(named)

@@ -1,9 +1,10 @@
 """The append-only ledger of forget and restore requests, kept inside the store.
 
-``STORE/ledger/NNNNNNNN-<request id>.json`` — one file per entry, created
-exclusively (never overwritten) and written atomically, so an auditor can list
-the folder and read every request in order. ``STORE/ledger/.lock`` serialises
-concurrent requests on one store (``fcntl.flock``; local file systems).
+``ledger/NNNNNNNN-<request id>.json`` — one object per entry, created if absent
+(never overwritten), so an auditor can list the folder and read every request in
+order (docs/FORMAT.md §7). ``ledger/.lock`` serialises concurrent requests on one
+store. Every byte goes through the store's :class:`~deltastore.storage.StoreIO`:
+this module opens no file itself.
 
 A step is *subtracted* when some forget entry subtracted it and no later
 restore entry gave it back; a subtracted step is never subtracted again.
@@ -12,20 +13,22 @@ restore entry gave it back; a subtracted step is never subtracted again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import math
 import os
 import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterator
 
-from deltastore.errors import CorruptStoreError, LedgerError, StoreLockedError
+from deltastore.errors import CorruptStoreError, InvalidArgumentError, LedgerError
+from deltastore.storage import StoreIO, open_io
 
 LEDGER_DIR = "ledger"
+LOCK_KEY = f"{LEDGER_DIR}/.lock"
 LEDGER_VERSION = 1
+KINDS = ("forget", "restore")
 _NAME = re.compile(r"^(\d{8})-([A-Za-z0-9_.-]+)\.json$")
 
 
@@ -74,57 +77,94 @@ def parse_request_id(request_id: str) -> str:
     return request_id
 
 
+def entry_key(sequence: int, request_id: str) -> str:
+    """The store key of an entry: ``ledger/NNNNNNNN-<request id>.json``."""
+    return f"{LEDGER_DIR}/{sequence:08d}-{request_id}.json"
+
+
+def _parse_timeout(timeout) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
+        raise InvalidArgumentError(f"lock timeout: expected a number of seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
 class Ledger:
-    def __init__(self, store_root: str | os.PathLike):
-        self.dir = Path(store_root) / LEDGER_DIR
+    """The ledger of one store.
+
+    Parameters
+    ----------
+    store : StoreIO or path
+        The store's I/O (a path gets the local backend, :func:`deltastore.storage.open_io`).
+
+    Methods that read or write (:meth:`entries`, :meth:`append`) take the bytes through
+    ``io``; the static methods answer questions about a list of entries already read.
+    """
+
+    def __init__(self, store: StoreIO | str | os.PathLike):
+        self.io = open_io(store)
+
+    @property
+    def dir(self) -> str:
+        """Where the entries live, for messages."""
+        return self.io.where(LEDGER_DIR)
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.dir!r})"
 
     @contextlib.contextmanager
     def locked(self, timeout: float = 60.0) -> Iterator["Ledger"]:
-        """Hold the store's ledger lock (serialises forgets across threads and processes)."""
-        self.dir.mkdir(exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StoreLockedError(f"{self.dir}: expected to take the ledger lock within {timeout} s, another request still holds it") from None
-                    time.sleep(0.01)
-            yield self
-        finally:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+        """Hold the store's ledger lock (serialises forgets across threads and processes).
 
+        Raises StoreLockedError naming the lock when another holder keeps it past ``timeout`` s.
+        """
+        with self.io.lock(LOCK_KEY, _parse_timeout(timeout)):
+            yield self
+
+    # ---- reading ------------------------------------------------------------------
     def entries(self) -> list[Receipt]:
-        if not self.dir.exists():
-            return []
-        out = []
-        for p in sorted(self.dir.iterdir()):
-            m = _NAME.match(p.name)
+        """Every entry, in sequence order.
+
+        Raises
+        ------
+        CorruptStoreError
+            An entry that is not a JSON receipt, whose name disagrees with its content,
+            or a gap or repeat in the sequence numbers (a missing entry would make a
+            subtracted step look live): the message names the file.
+        """
+        out: list[Receipt] = []
+        for name in self.io.list_dir(LEDGER_DIR):
+            m = _NAME.match(name)
             if not m:
-                continue
-            try:
-                r = Receipt.from_json(json.loads(p.read_bytes()))
-            except (ValueError, TypeError) as exc:
-                raise CorruptStoreError(f"{p}: expected a ledger entry (JSON receipt), could not parse it ({exc})") from exc
+                continue  # the lock, partial writes of the backend
+            key = f"{LEDGER_DIR}/{name}"
+            r = self._read_entry(key)
             if r.sequence != int(m.group(1)) or r.request_id != m.group(2):
-                raise CorruptStoreError(f"{p}: entry says sequence {r.sequence}, request {r.request_id!r}; its file name disagrees")
+                raise CorruptStoreError(f"{self.io.where(key)}: entry says sequence {r.sequence}, request {r.request_id!r}; its file name disagrees")
+            if r.sequence != len(out):
+                raise CorruptStoreError(
+                    f"{self.io.where(key)}: expected ledger entry number {len(out)} next, got {r.sequence} (an entry is missing or repeated)"
+                )
             out.append(r)
         return out
 
-    def get(self, request_id: str) -> Receipt:
-        for r in self.entries():
-            if r.request_id == request_id and r.kind == "forget":
-                return r
-        raise LedgerError(f"ledger: expected a forget request with id {request_id!r}, found none in {self.dir}")
+    def _read_entry(self, key: str) -> Receipt:
+        try:
+            obj = json.loads(self.io.read(key))
+            if not isinstance(obj, dict):
+                raise TypeError(f"a JSON {type(obj).__name__}, not an object")
+            r = Receipt.from_json(obj)
+        except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected a ledger entry (JSON receipt), could not parse it ({exc})") from exc
+        if r.kind not in KINDS:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected kind one of {KINDS}, got {r.kind!r}")
+        if not isinstance(r.steps, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in r.steps):
+            raise CorruptStoreError(f"{self.io.where(key)}: expected steps as a list of integers, got {r.steps!r}")
+        return r
 
+    # ---- questions about entries -----------------------------------------------------
     @staticmethod
     def subtracted_steps(entries: list[Receipt]) -> set[int]:
+        """Steps some forget subtracted and no later restore gave back."""
         out: set[int] = set()
         for r in entries:
             if r.kind == "forget":
@@ -135,6 +175,7 @@ class Ledger:
 
     @staticmethod
     def restored(entries: list[Receipt], request_id: str) -> bool:
+        """Whether a restore entry undoes the forget request ``request_id``."""
         return any(r.kind == "restore" and r.restores == request_id for r in entries)
 
     @staticmethod
@@ -142,20 +183,30 @@ class Ledger:
         """The fingerprint the model must have now: after the last entry, else the trained model's."""
         return entries[-1].fingerprint_after if entries else store_fingerprint
 
-    def append(self, receipt: Receipt) -> Path:
-        """Write the next entry (caller holds the lock). Never overwrites an entry."""
-        self.dir.mkdir(exist_ok=True)
-        seq = len(self.entries())
-        receipt.sequence = seq
-        if any(r.request_id == receipt.request_id for r in self.entries()):
-            raise LedgerError(f"ledger: request id {receipt.request_id!r} is already used; ids are unique")
-        path = self.dir / f"{seq:08d}-{receipt.request_id}.json"
-        tmp = self.dir / f".{path.name}.{uuid.uuid4().hex}.partial"
-        tmp.write_bytes(json.dumps(receipt.to_json(), indent=1).encode())
-        try:
-            os.link(tmp, path)  # fails if the name exists: append-only
-        except FileExistsError:
-            raise LedgerError(f"ledger: entry {path.name} already exists; refusing to overwrite") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+    @staticmethod
+    def forget_entry(entries: list[Receipt], request_id: str, where: str = "the ledger") -> Receipt:
+        """The forget entry of ``request_id``; LedgerError (naming ``where``) if there is none."""
+        for r in entries:
+            if r.request_id == request_id and r.kind == "forget":
+                return r
+        raise LedgerError(f"ledger: expected a forget request {request_id!r} in {where}, found none")
+
+    @staticmethod
+    def require_new_id(entries: list[Receipt], request_id: str) -> None:
+        """LedgerError if an entry already uses ``request_id`` (ids are unique)."""
+        if any(r.request_id == request_id for r in entries):
+            raise LedgerError(f"request id {request_id!r}: already in the ledger; ids are unique")
+
+    # ---- writing ------------------------------------------------------------------
+    def append(self, receipt: Receipt) -> str:
+        """Write the next entry (caller holds the lock); never overwrites one. Returns its key.
+
+        Sets ``receipt.sequence``. LedgerError if the request id is used or the entry exists.
+        """
+        entries = self.entries()
+        self.require_new_id(entries, receipt.request_id)
+        receipt.sequence = len(entries)
+        key = entry_key(receipt.sequence, receipt.request_id)
+        if not self.io.create(key, json.dumps(receipt.to_json(), indent=1).encode()):
+            raise LedgerError(f"{self.io.where(key)}: expected a new ledger entry, the entry already exists; refusing to overwrite")
+        return key

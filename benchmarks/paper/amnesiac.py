@@ -22,7 +22,6 @@ stored "model updates" are parameter updates). No second forget is needed.
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import torch
@@ -50,7 +49,7 @@ class Forgetter:
         self.buffers = [n for n, b in self.model.named_buffers() if b.is_floating_point()]
 
     def __call__(self, sample_ids, plan: PruningPlan | None):
-        shutil.rmtree(self.reader.root / LEDGER_DIR, ignore_errors=True)
+        self.reader.io.delete_prefix(LEDGER_DIR)
         self.model.load_state_dict(self.run.trained)
         receipt = forget(self.model, self.reader, sample_ids, plan=plan, device=self.run.device)
         return self.model, receipt
@@ -120,7 +119,7 @@ def unlearning_curve(cfg: PaperConfig, run: Run, fg: Forgetter, forgotten: dict)
     out = {}
     for name, plan in (("aul", None), ("partial", cfg.paper_plan())):
         model = fg.model
-        shutil.rmtree(fg.reader.root / LEDGER_DIR, ignore_errors=True)
+        fg.reader.io.delete_prefix(LEDGER_DIR)
         model.load_state_dict(run.trained)
         named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         curve = {"target": [], "retained": []}

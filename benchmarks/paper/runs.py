@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
-from deltastore.recorder import Recorder
+from deltastore.read import StoreReader
+from deltastore.record import Recorder
 from unlearning.data import Dataset
 from unlearning.models import build_model
 from unlearning.training import make_batches, train

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import deltastore.reader as reader_module
+import deltastore.read.summing as summing_module
 from deltastore import errors
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
+from deltastore.read import StoreReader
 
 from .helpers import record
 
@@ -29,7 +29,7 @@ def stores(tmp_path_factory):
 @given(mode=st.sampled_from(["random", "magnitude"]), steps=st.sets(st.integers(0, 23), min_size=1),
        threads=st.integers(2, 6), unit_bytes=st.sampled_from([64, 1024, 16 * 2**20]))
 def test_worker_accumulation_equals_one_thread(stores, monkeypatch, mode, steps, threads, unit_bytes):
-    monkeypatch.setattr(reader_module, "_UNIT_BYTES", unit_bytes)  # small units: many per group, all interleaved
+    monkeypatch.setattr(summing_module, "UNIT_BYTES", unit_bytes)  # small units: many per group, all interleaved
     one = StoreReader(stores[mode], threads=1).sum_updates(sorted(steps)).updates
     many = StoreReader(stores[mode], threads=threads).sum_updates(sorted(steps)).updates
     assert one.keys() == many.keys()
@@ -40,7 +40,7 @@ def test_worker_accumulation_equals_one_thread(stores, monkeypatch, mode, steps,
 def test_a_corrupt_chunk_stops_the_workers_with_the_step_named(stores, tmp_path, monkeypatch):
     import shutil
 
-    monkeypatch.setattr(reader_module, "_UNIT_BYTES", 64)
+    monkeypatch.setattr(summing_module, "UNIT_BYTES", 64)
     path = tmp_path / "s"
     shutil.copytree(stores["random"], path)
     shard = sorted(path.glob("g*/values/c/1/0"))[0]  # steps 8-15 of the first group

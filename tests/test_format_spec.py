@@ -12,7 +12,7 @@ import zarr
 from deltastore import errors
 from deltastore.masks import MaskGenerator
 from deltastore.plan import PruningPlan
-from deltastore.reader import StoreReader
+from deltastore.read import StoreReader
 
 from .helpers import record
 

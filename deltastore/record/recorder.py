@@ -19,28 +19,27 @@ previous step, so the changes still sum to final - initial).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import (
+from ..errors import (
     InvalidArgumentError,
     MissingSampleIdsError,
     ModelMismatchError,
     RecorderClosedError,
 )
-from .format import DEFAULT_VALUE_DTYPE, Group, model_fingerprint
-from .index import parse_sample_ids
-from .masks import MaskGenerator
-from .plan import PruningPlan, TensorSpec
-from .selection import select_top_magnitude
-from .writer import DEFAULT_BUFFER_BYTES, DEFAULT_STEPS_PER_SHARD, StoreWriter, load_manifest
+from ..format import Group, load_manifest, model_fingerprint
+from ..index import SampleIds, parse_sample_ids
+from ..masks import MaskGenerator
+from ..plan import TensorSpec
+from ..storage import open_io
+from .options import RecordOptions
+from .writer import StoreWriter
 
 
 _MASK_GENERATORS: "weakref.WeakValueDictionary[tuple[int, int], MaskGenerator]" = weakref.WeakValueDictionary()
@@ -120,42 +119,23 @@ class Recorder:
         left by a crash and resumes at the next step.
     model, optimizer : what to record. Hooks are registered on the optimizer
         and removed by :meth:`close`.
-    plan : :class:`PruningPlan`; default the paper's layer-wise schedule, random mode.
-    value_dtype : "int8" (default; per-block scale), "bfloat16", "float16" or "float32" (lossless).
-    codec : "blosc-lz4", "blosc-zstd", "zstd" or "none"; default blosc-lz4 for
-        int8 values, blosc-zstd otherwise (see :func:`deltastore.format.default_codec`).
-    grad_accumulation : if False (default), calling :meth:`samples` twice without
-        a step in between means the first step was skipped (fp16 GradScaler found
-        inf/nan): its ids are dropped and ``skipped_steps`` counts it. If True,
-        ids given across micro-batches all belong to the next real step.
-    steps_per_shard : rows per shard file of every array (default 64); a new
-        store lowers it to what one half of ``buffer_bytes`` holds, so that every
-        flush writes whole shards.
-    buffer_bytes : bound on host memory for buffered steps (both halves of the
-        double buffer); fewer steps per flush when one step is large.
-    fsync : also survive power loss (fsync every committed file); a killed
-        process loses at most the uncommitted tail either way.
+    options : :class:`RecordOptions` (how to prune, encode, buffer and commit);
+        keyword arguments override single fields, e.g. ``plan=PruningPlan.uniform(0.8)``,
+        ``value_dtype="float32"``, ``grad_accumulation=True``. Each field's default
+        and the reason for it are in :class:`RecordOptions`.
     """
 
     def __init__(
         self,
-        store: str | os.PathLike,
+        store,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
+        options: RecordOptions | None = None,
         *,
-        plan: PruningPlan | None = None,
         mode: str = "w",
-        value_dtype: str = DEFAULT_VALUE_DTYPE,
-        codec: str | None = None,
-        codec_level: int | None = None,
-        sample_id_type: str = "int64",
-        mask_seed: int = 0,
-        grad_accumulation: bool = False,
-        record_buffers: bool = True,
-        steps_per_shard: int = DEFAULT_STEPS_PER_SHARD,
-        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-        fsync: bool = False,
+        **overrides,
     ):
+        opts = RecordOptions.from_kwargs(options, **overrides)
         if not isinstance(model, torch.nn.Module):
             raise InvalidArgumentError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -165,25 +145,20 @@ class Recorder:
         self.model = model
         self.optimizer = optimizer
         params, buffers = recorded_tensors(model, optimizer)
-        if not record_buffers:
+        if not opts.record_buffers:
             buffers = {}
-        self._params, self._buffers = params, buffers
         specs = specs_of(params, buffers)
         pin = any(t.is_cuda for t in list(params.values()) + list(buffers.values()))
+        io = open_io(store)
         if mode == "w":
-            self.writer = StoreWriter.create(
-                store, specs, plan=plan, value_dtype=value_dtype, codec=codec, codec_level=codec_level,
-                mask_seed=mask_seed, sample_id_type=sample_id_type, steps_per_shard=steps_per_shard,
-                buffer_bytes=buffer_bytes, fsync=fsync, pin_memory=pin,
-            )
+            self.writer = StoreWriter.create(io, specs, opts, pin_memory=pin)
         else:
-            manifest = load_manifest(Path(store))
-            _check_same_tensors(list(manifest.tensors), specs, str(store))
-            self.writer = StoreWriter.open_append(store, buffer_bytes=buffer_bytes, fsync=fsync, pin_memory=pin)
+            _check_same_tensors(list(load_manifest(io).tensors), specs, io.url)
+            self.writer = StoreWriter.open_append(io, opts, pin_memory=pin)
         self.manifest = self.writer.manifest
         self._masks = shared_mask_generator(self.manifest.mask_seed, self.manifest.mask_pool)
         self._tensors = {**params, **buffers}
-        self.grad_accumulation = bool(grad_accumulation)
+        self.grad_accumulation = opts.grad_accumulation
         self._pending_ids: list = []
         self._pending_epoch = 0
         self._before: dict[int, Any] = {}
@@ -263,7 +238,7 @@ class Recorder:
             tensors = [self._tensors[n] for n in g.tensors]
             if self.manifest.tensor(g.tensors[0]).kind == "buffer":
                 continue
-            if g.selection == "random" and tensors[0].device.type == "cpu":
+            if g.selection.positions_before_step and tensors[0].device.type == "cpu":
                 # A plain copy of the whole tensor, gathered once after the step: on the dev
                 # CPU copying all of ResNet-18 takes 2.7 ms, gathering its kept values 24 ms.
                 flat = tensors[0].detach().reshape(-1)
@@ -271,9 +246,9 @@ class Recorder:
                 if snap is None:
                     snap = self._snapshots[g.id] = torch.empty(flat.numel(), dtype=torch.float32)
                 self._before[g.id] = snap.copy_(flat)
-            elif g.selection == "random":
+            elif g.selection.positions_before_step:
                 # On an accelerator only the k kept values are copied: the mask is known before the step.
-                self._before[g.id] = self._masks.gather(tensors[0].detach().reshape(-1), step, g.id, g.k).float()
+                self._before[g.id] = g.selection.select(tensors[0].detach().reshape(-1), step, g, self._masks)[0].float()
             else:
                 self._before[g.id] = [t.detach().float().reshape(-1).clone() for t in tensors]
 
@@ -291,11 +266,7 @@ class Recorder:
         self._before.clear()
 
     def _merge_ids(self):
-        if len(self._pending_ids) == 1:
-            return self._pending_ids[0]
-        if self.manifest.sample_id_type == "string":
-            return [i for part in self._pending_ids for i in part]
-        return np.concatenate(self._pending_ids)
+        return self._pending_ids[0] if len(self._pending_ids) == 1 else SampleIds.concat(self._pending_ids)
 
     def _record_group(self, g: Group) -> None:
         tensors = [self._tensors[n] for n in g.tensors]
@@ -307,20 +278,17 @@ class Recorder:
             self.writer.put(g, delta)
             return
         before = self._before[g.id]
-        if g.selection == "random":
+        step = self._step_in_flight
+        if g.selection.positions_before_step:
             flat = tensors[0].detach().reshape(-1)
             if before is self._snapshots.get(g.id):  # CPU: the whole delta in the snapshot's memory, then one gather
-                vals = self._masks.gather(torch.sub(flat, before, out=before), self._step_in_flight, g.id, g.k)
+                vals = g.selection.select(torch.sub(flat, before, out=before), step, g, self._masks)[0]
             else:
-                vals = self._masks.gather(flat, self._step_in_flight, g.id, g.k).float().sub_(before)
+                vals = g.selection.select(flat, step, g, self._masks)[0].float().sub_(before)
             self.writer.put(g, vals)
             return
         delta = torch.cat([t.detach().float().reshape(-1) - b for t, b in zip(tensors, before)]) if len(tensors) > 1 else tensors[0].detach().float().reshape(-1) - before[0]
-        if g.selection == "all":
-            self.writer.put(g, delta)
-        else:
-            idx = select_top_magnitude(delta, g.k)
-            self.writer.put(g, delta.index_select(0, idx), idx)
+        self.writer.put(g, *g.selection.select(delta, step, g, self._masks))
 
     # ---- lifecycle ------------------------------------------------------------
     def flush(self) -> None:

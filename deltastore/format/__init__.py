@@ -1,0 +1,50 @@
+"""The on-disk format in code: one module per part of docs/FORMAT.md.
+
+Layout of one store (one training run), keys relative to its root::
+
+    zarr.json            Zarr v3 group; attributes["deltastore"] = manifest   (manifest.py)
+    commit.json          {"committed_steps": N, "model_fingerprint": ...}     (commit.py)
+    gNNNN/values         (steps, k) pruned update values, one row per step    (values.py, layout.py)
+    gNNNN/scales         (steps, ceil(k / block)) float32, int8 values only
+    gNNNN/indices        (steps, k) int32/int64 kept positions, magnitude/global only
+    gNNNN/*/c/<i>/<j>    shards in Zarr's sharding format                      (shards.py)
+    index/part-*.parquet the sample index, index/_part-*.ids its sorted-id sidecars (deltastore.index)
+    ledger/*.json        forget/restore receipts                                (unlearning.ledger)
+
+Every byte goes through :mod:`deltastore.storage`, the one I/O seam.
+"""
+
+from __future__ import annotations
+
+from .commit import COMMIT_FILE, INDEX_DIR, read_commit, write_commit, write_json
+from .layout import (
+    CODECS,
+    DEFAULT_CODEC,
+    DEFAULT_CODEC_LEVEL,
+    chunk_layout,
+    compressors_for,
+    create_rows_array,
+    default_codec,
+    parse_codec,
+)
+from .manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY, Group, Manifest, build_groups, group_arrays, load_manifest, model_fingerprint
+from .shards import ShardDecoder, ShardEncoder, ShardLayout, encode_chunk, numcodecs_chain, shard_layout
+from .values import (
+    DEFAULT_INT8_BLOCK,
+    DEFAULT_VALUE_DTYPE,
+    VALUE_DTYPES,
+    FloatCodec,
+    Int8Codec,
+    ValueCodec,
+    parse_value_dtype,
+    value_codec,
+)
+
+__all__ = [
+    "CODECS", "COMMIT_FILE", "DEFAULT_CODEC", "DEFAULT_CODEC_LEVEL", "DEFAULT_INT8_BLOCK", "DEFAULT_VALUE_DTYPE",
+    "FORMAT_NAME", "FORMAT_VERSION", "INDEX_DIR", "MANIFEST_KEY", "VALUE_DTYPES",
+    "FloatCodec", "Group", "Int8Codec", "Manifest", "ShardDecoder", "ShardEncoder", "ShardLayout", "ValueCodec",
+    "build_groups", "group_arrays", "chunk_layout", "compressors_for", "create_rows_array", "default_codec", "encode_chunk",
+    "load_manifest", "model_fingerprint", "numcodecs_chain", "parse_codec", "parse_value_dtype", "read_commit",
+    "shard_layout", "value_codec", "write_commit", "write_json",
+]

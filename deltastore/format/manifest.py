@@ -1,0 +1,238 @@
+"""The manifest (FORMAT.md §2): written once, in the root group's attributes, when a store is created.
+
+Also the pruning groups it lists, ``load_manifest`` (the read path's way in) and
+the model fingerprint that the commit record and the ledger carry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CorruptStoreError, FormatVersionError
+from ..masks import MASK_ALGORITHM, kept_count
+from ..plan import PruningPlan, TensorSpec
+from ..selection import ALL, MAGNITUDE, Selection, parse_selection
+from .commit import read_json
+from .layout import parse_codec
+from .values import ValueCodec, parse_value_dtype, value_codec
+
+FORMAT_NAME = "deltastore"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "deltastore"
+GROUP_METADATA = "zarr.json"
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of tensors pruned together; one row of ``k`` values per step."""
+
+    id: int
+    tensors: tuple[str, ...]
+    offsets: tuple[int, ...]  # start of each tensor in the group's flat space
+    numels: tuple[int, ...]
+    k: int
+    selection: Selection
+
+    @property
+    def path(self) -> str:
+        return f"g{self.id:04d}"
+
+    @property
+    def n(self) -> int:
+        return sum(self.numels)
+
+    @property
+    def index_dtype(self) -> str:
+        return "int32" if self.n < 2**31 else "int64"
+
+    @property
+    def label(self) -> str:
+        """The group's tensors, for messages."""
+        return ",".join(self.tensors)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "tensors": list(self.tensors),
+            "offsets": list(self.offsets),
+            "numels": list(self.numels),
+            "n": self.n,
+            "k": self.k,
+            "selection": self.selection.name,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> "Group":
+        return cls(
+            id=int(obj["id"]),
+            tensors=tuple(obj["tensors"]),
+            offsets=tuple(int(x) for x in obj["offsets"]),
+            numels=tuple(int(x) for x in obj["numels"]),
+            k=int(obj["k"]),
+            selection=parse_selection(obj["selection"], where=f"group {obj.get('id')}"),
+        )
+
+
+def build_groups(specs: Sequence[TensorSpec], plan: PruningPlan) -> list[Group]:
+    """Resolve a plan into groups (one per tensor, or one global group)."""
+    rates = plan.rates(specs)
+    groups: list[Group] = []
+    if plan.mode == "global":
+        pruned = [s for s in specs if rates[s.name] > 0.0]
+        k_total = sum(kept_count(s.numel, rates[s.name]) for s in pruned)
+        global_added = False
+        for s in specs:
+            if rates[s.name] > 0.0:
+                if not global_added:
+                    offsets = tuple(int(x) for x in np.cumsum([0] + [p.numel for p in pruned[:-1]]))
+                    groups.append(Group(len(groups), tuple(p.name for p in pruned), offsets, tuple(p.numel for p in pruned), k_total, MAGNITUDE))
+                    global_added = True
+                continue
+            groups.append(Group(len(groups), (s.name,), (0,), (s.numel,), s.numel, ALL))
+        return groups
+    for s in specs:
+        k = kept_count(s.numel, rates[s.name])
+        selection = ALL if k == s.numel else parse_selection(plan.mode)
+        groups.append(Group(len(groups), (s.name,), (0,), (s.numel,), k, selection))
+    return groups
+
+
+def group_arrays(g: Group, values: ValueCodec) -> dict[str, tuple[int, np.dtype, dict]]:
+    """The rows arrays of a group: the value codec's, then ``indices`` if its selection stores them."""
+    out = dict(values.arrays(g.k))
+    if g.selection.stores_indices:
+        out["indices"] = (g.k, np.dtype(g.index_dtype), {"order": "ascending"})
+    return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a reader needs, written once when the store is created."""
+
+    tensors: tuple[TensorSpec, ...]
+    groups: tuple[Group, ...]
+    plan: PruningPlan
+    mask_seed: int
+    mask_pool: int
+    value_dtype: str
+    int8_block: int
+    codec: str
+    codec_level: int
+    steps_per_shard: int
+    sample_id_type: str
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    writer: str = ""
+
+    @property
+    def values(self) -> ValueCodec:
+        """The value format's codec object."""
+        return value_codec(self.value_dtype, self.int8_block)
+
+    def arrays(self, g: Group) -> dict[str, tuple[int, np.dtype, dict]]:
+        """Every rows array of group ``g``: name -> (columns, storage dtype, attributes)."""
+        return group_arrays(g, self.values)
+
+    def tensor(self, name: str) -> TensorSpec:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def group_of(self, tensor_name: str) -> Group:
+        for g in self.groups:
+            if tensor_name in g.tensors:
+                return g
+        raise KeyError(tensor_name)
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def kept_per_step(self) -> int:
+        return sum(g.k for g in self.groups)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "kind": t.kind, "numel": t.numel} for t in self.tensors],
+            "groups": [g.to_json() for g in self.groups],
+            "plan": self.plan.to_json(),
+            "mask": {"algorithm": MASK_ALGORITHM, "seed": self.mask_seed, "pool": self.mask_pool},
+            "values": {"dtype": self.value_dtype, "int8_block": self.int8_block},
+            "codec": {"name": self.codec, "level": self.codec_level, "checksum": "crc32c"},
+            "steps_per_shard": self.steps_per_shard,
+            "sample_id_type": self.sample_id_type,
+            "created": self.created,
+            "writer": self.writer,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "manifest") -> "Manifest":
+        if not isinstance(obj, Mapping) or obj.get("format") != FORMAT_NAME:
+            raise CorruptStoreError(f"{where}: expected a deltastore manifest (format={FORMAT_NAME!r}), got {str(obj)[:200]!r}")
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise CorruptStoreError(f"{where}: expected an integer format_version >= 1, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{where}: store has format version {version}, this deltastore reads up to {FORMAT_VERSION}; upgrade deltastore"
+            )
+        try:
+            mask = obj["mask"]
+            if mask["algorithm"] != MASK_ALGORITHM:
+                raise FormatVersionError(f"{where}: unknown mask algorithm {mask['algorithm']!r}, expected {MASK_ALGORITHM!r}")
+            return cls(
+                tensors=tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], t["kind"]) for t in obj["tensors"]),
+                groups=tuple(Group.from_json(g) for g in obj["groups"]),
+                plan=PruningPlan.from_json(obj["plan"]),
+                mask_seed=int(mask["seed"]),
+                mask_pool=int(mask["pool"]),
+                value_dtype=parse_value_dtype(obj["values"]["dtype"]),
+                int8_block=int(obj["values"]["int8_block"]),
+                codec=parse_codec(obj["codec"]["name"]),
+                codec_level=int(obj["codec"]["level"]),
+                steps_per_shard=int(obj["steps_per_shard"]),
+                sample_id_type=str(obj["sample_id_type"]),
+                format_version=version,
+                created=str(obj.get("created", "")),
+                writer=str(obj.get("writer", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, FormatVersionError):
+                raise
+            raise CorruptStoreError(f"{where}: malformed manifest ({exc!r})") from exc
+
+
+def load_manifest(io) -> Manifest:
+    """The manifest of the store behind ``io`` (a :class:`~deltastore.storage.StoreIO`)."""
+    where = io.where(GROUP_METADATA)
+    expected = "Zarr v3 group metadata"
+    meta = read_json(io, GROUP_METADATA, expected)
+    attrs = meta.get("attributes") if isinstance(meta, dict) and meta.get("node_type") == "group" and meta.get("zarr_format") == 3 else None
+    if not isinstance(attrs, dict):
+        raise CorruptStoreError(f"{where}: expected {expected} with attributes, got {str(meta)[:200]!r}")
+    if MANIFEST_KEY not in attrs:
+        raise CorruptStoreError(f"{io.url}: Zarr group without a {MANIFEST_KEY!r} manifest attribute; not a deltastore store")
+    return Manifest.from_json(attrs[MANIFEST_KEY], where=where)
+
+
+def model_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order ("sha256:<hex>")."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        flat = t.contiguous().reshape(-1).cpu()
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,97 @@
+"""Creating a store, and reopening one to record more steps (the crash tail dropped)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Sequence
+
+import zarr
+
+from .. import __version__
+from ..errors import StoreExistsError
+from ..format import (
+    INDEX_DIR,
+    MANIFEST_KEY,
+    Manifest,
+    ValueCodec,
+    build_groups,
+    create_rows_array,
+    group_arrays,
+    load_manifest,
+    read_commit,
+    value_codec,
+    write_commit,
+)
+from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter
+from ..plan import TensorSpec
+from .options import RecordOptions
+
+
+def step_bytes(groups, values: ValueCodec) -> int:
+    """Host bytes one buffered step takes (every rows array of every group)."""
+    return sum(cols * dt.itemsize for g in groups for cols, dt, _ in group_arrays(g, values).values())
+
+
+def capacity(groups, values: ValueCodec, buffer_bytes: int) -> int:
+    """Steps one half of the double buffer holds under ``buffer_bytes`` (at least 1)."""
+    return max(1, buffer_bytes // max(1, 2 * step_bytes(groups, values)))
+
+
+def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> Manifest:
+    """Write a new, empty store (manifest, empty arrays, commit record) through ``io``."""
+    if not io.is_empty():
+        raise StoreExistsError(
+            f"{io.url}: expected a new or empty directory for a new store, found existing files; "
+            "open it for append (mode='a') or choose another path — deltastore never overwrites"
+        )
+    groups = build_groups(specs, options.plan)
+    # A flush writes one buffer half; when the memory bound holds fewer steps than a
+    # shard, shrink the shard to match, so every flush writes whole new shards (the
+    # fast path) instead of rewriting part-filled ones through Zarr.
+    steps_per_shard = min(options.steps_per_shard, capacity(groups, value_codec(options.value_dtype, options.int8_block), options.buffer_bytes))
+    plan = options.plan
+    manifest = Manifest(
+        tensors=tuple(specs),
+        groups=tuple(groups),
+        plan=plan,
+        mask_seed=plan.seed if plan.seed is not None else options.mask_seed,
+        mask_pool=options.mask_pool,
+        value_dtype=options.value_dtype,
+        int8_block=options.int8_block,
+        codec=options.codec,
+        codec_level=options.codec_level,
+        steps_per_shard=steps_per_shard,
+        sample_id_type=options.sample_id_type,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        writer=f"deltastore {__version__}",
+    )
+    root = zarr.open_group(io.zarr_store(read_only=False, fsync=options.fsync), mode="w-", attributes={MANIFEST_KEY: manifest.to_json()})
+    for g in groups:
+        sub = root.create_group(g.path, attributes={"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
+        for name, (cols, dtype, attrs) in manifest.arrays(g).items():
+            create_rows_array(sub, name, cols, dtype, manifest.codec, manifest.codec_level, steps_per_shard, attrs)
+    # The commit record last: its presence is what makes the directory a store.
+    write_commit(io, 0, None, fsync=options.fsync)
+    return manifest
+
+
+def open_for_append(io, options: RecordOptions) -> tuple[Manifest, int]:
+    """(manifest, committed steps) of an existing store, its uncommitted tail dropped."""
+    manifest = load_manifest(io)
+    committed = read_commit(io)["committed_steps"]
+    truncate_uncommitted(io, manifest, committed)
+    # The old fingerprint described the model at close; recording resumes, so it is void.
+    write_commit(io, committed, None, fsync=options.fsync)
+    return manifest, committed
+
+
+def truncate_uncommitted(io, manifest: Manifest, committed: int) -> None:
+    """Drop rows >= committed from every array and the index (the crash tail)."""
+    group = zarr.open_group(io.zarr_store(read_only=False), mode="r+")
+    for g in manifest.groups:
+        for name in manifest.arrays(g):
+            arr = group[f"{g.path}/{name}"]
+            if arr.shape[0] > committed:
+                arr.resize((committed, arr.shape[1]))
+    IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS).truncate(committed)
+

@@ -1,0 +1,262 @@
+"""StoreWriter: buffers whole shards of steps and commits them off the training thread.
+
+Commit protocol (docs/FORMAT.md §5): for steps [a, b) the writer
+1. grows every array to b rows (array metadata replaced atomically),
+2. writes each group's rows [a, b) as whole shards (one write per shard),
+3. writes one Parquet index part holding the rows of steps [a, b),
+4. optionally fsyncs those objects,
+5. atomically replaces commit.json with committed_steps = b.
+A crash before 5 leaves committed_steps = a: readers never look past it, and
+reopening for append truncates the tail (arrays and index) and resumes at a.
+Every byte goes through the store's :class:`~deltastore.storage.StoreIO`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import zarr
+from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
+
+from ..errors import RecorderClosedError
+from ..format import INDEX_DIR, Group, Manifest, ShardEncoder, shard_layout, write_commit
+from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter
+from ..plan import TensorSpec
+from ..storage import open_io
+from .options import RecordOptions
+from .store import capacity, create_store, open_for_append
+
+
+@dataclass
+class _StepBuffer:
+    """Host rows for up to ``capacity`` steps of every group (pinned when recording from CUDA).
+
+    ``rows[gid][name]`` is a (capacity, cols) tensor per rows array of the group.
+    """
+
+    rows: list[dict[str, torch.Tensor]]
+    index_rows: list[tuple[int, int, object]]
+    count: int = 0
+    pending: Future | None = None
+
+
+@dataclass
+class _Array:
+    """One rows array being written: Zarr's handle (growth, odd shards) and the direct encoder."""
+
+    gid: int
+    name: str
+    zarr: object
+    encoder: ShardEncoder
+
+
+class StoreWriter:
+    """Low-level writer: rows of encoded group values in, committed steps out.
+
+    Use :meth:`create` or :meth:`open_append`; the :class:`~deltastore.Recorder`
+    drives it from optimizer hooks.
+    """
+
+    def __init__(self, io, manifest: Manifest, committed: int, options: RecordOptions, *, pin_memory: bool):
+        self.io = io
+        self.manifest = manifest
+        self.values = manifest.values
+        self.committed = committed
+        self._next_step = committed
+        self.fsync = options.fsync
+        self._closed = False
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        group = zarr.open_group(io.zarr_store(read_only=False, fsync=self.fsync), mode="r+")
+        self._arrays: list[_Array] = []
+        for g in manifest.groups:
+            for name in manifest.arrays(g):
+                arr = group[f"{g.path}/{name}"]
+                self._arrays.append(_Array(g.id, name, arr, ShardEncoder(io, shard_layout(arr))))
+        self._index = IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS)
+        # Steps per flush: a whole shard, unless the memory bound asks for fewer.
+        self.capacity = min(manifest.steps_per_shard, capacity(manifest.groups, self.values, options.buffer_bytes))
+        self._buffers = [self._alloc(pin_memory) for _ in range(2)]
+        self._current = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deltastore-writer")
+        self.write_seconds = 0.0  # writer thread: time committing buffers
+        self.wait_seconds = 0.0  # calling thread: time waiting for the writer thread
+
+    # ---- construction -------------------------------------------------------
+    @classmethod
+    def create(cls, location, specs: Sequence[TensorSpec], options: RecordOptions | None = None, *, pin_memory: bool = False) -> "StoreWriter":
+        """Create a new store at ``location`` (a path or a StoreIO); refuses to overwrite anything."""
+        options = RecordOptions.from_kwargs(options)
+        io = open_io(location)
+        manifest = create_store(io, specs, options)
+        return cls(io, manifest, 0, options, pin_memory=pin_memory)
+
+    @classmethod
+    def open_append(cls, location, options: RecordOptions | None = None, *, pin_memory: bool = False) -> "StoreWriter":
+        """Reopen a store to record more steps; the uncommitted tail of a crash is dropped."""
+        options = RecordOptions.from_kwargs(options)
+        io = open_io(location)
+        manifest, committed = open_for_append(io, options)
+        return cls(io, manifest, committed, options, pin_memory=pin_memory)
+
+    def _alloc(self, pin: bool) -> _StepBuffer:
+        pin = pin and torch.cuda.is_available()
+        m = self.manifest
+        rows = []
+        for g in m.groups:
+            rows.append({name: torch.empty((self.capacity, cols), dtype=_buffer_dtype(self.values, name, dt), pin_memory=pin)
+                         for name, (cols, dt, _) in m.arrays(g).items()})
+        return _StepBuffer(rows, [])
+
+    # ---- per step -----------------------------------------------------------
+    @property
+    def next_step(self) -> int:
+        """Global index of the step being recorded now."""
+        return self._next_step
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderClosedError(f"{self.io.url}: writer is closed; open the store again with mode='a' to record more steps")
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def put(self, group: Group, values: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        """Encode one group's kept values (float, any device) into the current row."""
+        buf = self._buffers[self._current]
+        row = {name: t[buf.count] for name, t in buf.rows[group.id].items()}
+        self.values.encode_into(values, row)
+        if group.selection.stores_indices:
+            row["indices"].copy_(indices, non_blocking=True)
+
+    def end_step(self, sample_ids, epoch: int) -> int:
+        """Close the current row with its sample ids; flushes when the buffer is full. Returns the step."""
+        self._check_open()
+        buf = self._buffers[self._current]
+        step = self._next_step
+        buf.index_rows.append((step, int(epoch), sample_ids))
+        buf.count += 1
+        self._next_step += 1
+        # Flush at shard ends too: after an early flush() or a resume mid-shard, the
+        # next flush then completes that shard and later ones are whole shards again.
+        if buf.count == self.capacity or self._next_step % self.manifest.steps_per_shard == 0:
+            self._submit()
+        return step
+
+    def begin(self) -> None:
+        """Make sure the current buffer is free to take a row (waits on an earlier flush of it)."""
+        self._check_open()
+        buf = self._buffers[self._current]
+        if buf.pending is not None:
+            fut, buf.pending = buf.pending, None
+            self._wait(fut)  # re-raises a writer-thread error here, on the training thread
+
+    def flush(self) -> None:
+        """Commit every buffered step now and wait until it is durable."""
+        self._check_open()
+        if self._buffers[self._current].count:
+            self._submit()
+        for b in self._buffers:
+            if b.pending is not None:
+                fut, b.pending = b.pending, None
+                self._wait(fut)
+
+    def _wait(self, fut: Future) -> None:
+        t0 = time.perf_counter()
+        try:
+            fut.result()
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+
+    def _submit(self) -> None:
+        buf = self._buffers[self._current]
+        if buf.count == 0:
+            return
+        event = None
+        if any(t.is_pinned() for rows in buf.rows for t in rows.values() if t.numel()):
+            event = torch.cuda.Event()
+            event.record()
+        start = self._next_step - buf.count
+        buf.pending = self._executor.submit(self._write, buf, start, buf.count, event)
+        self._current = 1 - self._current
+        other = self._buffers[self._current]
+        if other.pending is not None:
+            fut, other.pending = other.pending, None
+            self._wait(fut)
+
+    def _write(self, buf: _StepBuffer, start: int, count: int, event) -> None:
+        t0 = time.perf_counter()
+        try:
+            if event is not None:
+                event.synchronize()  # the non-blocking device->host copies have landed
+            end = start + count
+            jobs = []
+            for a in self._arrays:
+                data = self.values.as_numpy(buf.rows[a.gid][a.name][:count])
+                jobs.append((a, data))
+            self._grow_and_write(jobs, start, end)
+            for step, epoch, ids in buf.index_rows:
+                self._index.add(step, epoch, ids)
+            self._index.flush(fsync=self.fsync)
+            write_commit(self.io, end, None, fsync=self.fsync)
+            with self._lock:
+                self.committed = end
+        except BaseException as exc:  # surfaced on the training thread at the next call
+            self._error = exc
+            raise
+        finally:
+            buf.count = 0
+            buf.index_rows = []
+            self.write_seconds += time.perf_counter() - t0
+
+    def _grow_and_write(self, jobs: list, start: int, end: int) -> None:
+        """Grow every array to ``end`` rows, then write rows [start, end) of each.
+
+        Rows that start a shard (every flush of a fresh store: the buffer holds a whole
+        shard, or a shard's worth of steps arrives in whole flushes) are written by the
+        :class:`~deltastore.format.ShardEncoder` straight to the shard objects; anything
+        else -- a partly written shard after a resume, an unusual codec -- through Zarr.
+        Zarr's own resize calls are gathered into one event-loop round trip. The commit
+        order is unchanged: every array is grown, then every row written.
+        """
+
+        async def grow() -> None:
+            await asyncio.gather(*(a.zarr.async_array.resize((end, a.zarr.shape[1])) for a, _ in jobs if a.zarr.shape[0] < end))
+
+        zarr_sync(grow())
+        rest = [(a, d) for a, d in jobs if not a.encoder.write(d, start, fsync=self.fsync)]
+        if rest:
+
+            async def write() -> None:
+                await asyncio.gather(*(a.zarr.async_array.setitem((slice(start, end), slice(None)), d) for a, d in rest))
+
+            zarr_sync(write())
+
+    def close(self, fingerprint: str | None = None) -> None:
+        """Flush, commit, record the final model's fingerprint, stop the writer thread."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+            self._index.compact(self.committed, fsync=self.fsync)
+            write_commit(self.io, self.committed, fingerprint, fsync=self.fsync)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _buffer_dtype(values, name: str, dtype) -> torch.dtype:
+    """Torch dtype of a host buffer for one rows array (indices by their stored width)."""
+    if name == "indices":
+        return torch.int32 if dtype.itemsize == 4 else torch.int64
+    return values.torch_dtype(name)
