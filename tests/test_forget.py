@@ -215,3 +215,29 @@ def test_bad_buffers_mode_and_old_ledger_entries(tmp_path):
         forget(model, tmp_path / "s", [1], buffers="recompute")
     # entries written before the field existed subtracted buffers; restore must mirror that
     assert Receipt.from_json({"request_id": "r", "kind": "forget"}).buffers == "subtract"
+
+
+@pytest.mark.parametrize("fail_at", ["before_commit", "ledger"])
+def test_forget_and_restore_are_all_or_nothing(tmp_path, monkeypatch, fail_at):
+    model, _, _ = record(tmp_path / "s", steps=6)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen = {}
+
+    def hook(new):
+        seen.update(new)
+        if fail_at == "before_commit":
+            raise OSError("disk full while writing --out")
+
+    if fail_at == "ledger":
+        from unlearning.ledger import Ledger
+
+        monkeypatch.setattr(Ledger, "append", lambda self, receipt: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        forget(model, tmp_path / "s", [0, 1], before_commit=hook)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # model untouched
+    assert audit(tmp_path / "s") == []  # ledger untouched
+    if fail_at == "before_commit":
+        assert not torch.equal(seen["fc1.weight"], before["fc1.weight"])  # the hook saw the new weights
+    monkeypatch.undo()
+    receipt = forget(model, tmp_path / "s", [0, 1])  # and the same request then succeeds
+    assert len(audit(tmp_path / "s")) == 1 and receipt.steps

@@ -64,15 +64,29 @@ def _check_fingerprint(current: str, expected: str | None, force: bool, where: s
     )
 
 
-def _apply(named: dict[str, torch.Tensor], updates: dict[str, torch.Tensor], sign: float) -> None:
+def _updated(named: dict[str, torch.Tensor], updates: dict[str, torch.Tensor], sign: float) -> dict[str, torch.Tensor]:
+    """The new values of the updated tensors, computed to the side (the model is not touched)."""
+    out = {}
     with torch.no_grad():
         for name, upd in updates.items():
             t = named[name]
             upd = upd.to(t.device, non_blocking=True)
             if t.dtype == torch.float32:
-                t.add_(upd, alpha=sign)
+                out[name] = torch.add(t, upd, alpha=sign)
             else:  # bf16/fp16 parameters: do the arithmetic in float32, round once
-                t.copy_((t.float() + sign * upd).to(t.dtype))
+                out[name] = (t.float() + sign * upd).to(t.dtype)
+    return out
+
+
+def _commit(named: dict[str, torch.Tensor], new: dict[str, torch.Tensor], receipt: Receipt, ledger: Ledger, before_commit) -> None:
+    """All or nothing: ``before_commit`` (e.g. the CLI's atomic --out) and the durable ledger
+    entry first; the model changes in place only once both have succeeded."""
+    if before_commit is not None:
+        before_commit({**named, **new})
+    ledger.append(receipt)
+    with torch.no_grad():
+        for name, t in new.items():
+            named[name].copy_(t)
 
 
 BUFFER_MODES = ("keep", "subtract")
@@ -105,6 +119,7 @@ def forget(
     force: bool = False,
     progress: bool = False,
     lock_timeout: float = 60.0,
+    before_commit=None,
 ) -> Receipt:
     """Forget ``sample_ids``: subtract the stored updates of every step that saw them.
 
@@ -119,6 +134,10 @@ def forget(
     allow_unknown : if False (default), ids the index never saw raise
         UnknownSampleIdsError; if True they are listed in the receipt.
     force : skip the fingerprint check (the model must still match names/shapes).
+    before_commit : called with the new weights (every recorded tensor, by name)
+        after everything that can fail has been checked and computed, before the
+        ledger entry is written; if it raises, neither the ledger nor the model
+        changes. The model is changed in place only after the entry is durable.
     buffers : "keep" (default) leaves recorded buffers -- BatchNorm running
         statistics -- as they are; "subtract" subtracts their recorded changes like
         weights (exactly undoes those steps' buffer changes, the algebra of the
@@ -157,7 +176,7 @@ def forget(
         todo = [int(s) for s in steps if int(s) not in done]
         skipped = [int(s) for s in steps if int(s) in done]
         result = reader.sum_updates(todo, device=dev, plan=plan, progress=progress)  # may raise: model untouched
-        _apply(named, _weights_only(result.updates, reader, buffers), -1.0)
+        new = _updated(named, _weights_only(result.updates, reader, buffers), -1.0)
         receipt = Receipt(
             request_id=request_id,
             kind="forget",
@@ -169,14 +188,14 @@ def forget(
             seconds=time.perf_counter() - t0,
             read_seconds=result.seconds,
             fingerprint_before=before,
-            fingerprint_after=model_fingerprint(named),
+            fingerprint_after=model_fingerprint({**named, **new}),
             plan=plan.to_json() if plan is not None else None,
             device=str(dev),
             forced=bool(force),
             created=time.time(),
             buffers=buffers,
         )
-        ledger.append(receipt)
+        _commit(named, new, receipt, ledger, before_commit)
     return receipt
 
 
@@ -189,8 +208,12 @@ def restore(
     force: bool = False,
     progress: bool = False,
     lock_timeout: float = 60.0,
+    before_commit=None,
 ) -> Receipt:
-    """Undo a forget request: add its subtracted updates back (with the same plan)."""
+    """Undo a forget request: add its subtracted updates back (with the same plan).
+
+    All or nothing, as :func:`forget` (``before_commit`` likewise).
+    """
     reader = _open(store)
     named = _named_tensors(model, reader)
     first = next(iter(named.values()))
@@ -206,7 +229,7 @@ def restore(
         _check_fingerprint(before, Ledger.expected_fingerprint(entries, reader.model_fingerprint), force, str(reader.root))
         plan = PruningPlan.from_json(target.plan) if target.plan else None
         result = reader.sum_updates(target.steps, device=dev, plan=plan, progress=progress)
-        _apply(named, _weights_only(result.updates, reader, target.buffers), +1.0)  # as the forget did
+        new = _updated(named, _weights_only(result.updates, reader, target.buffers), +1.0)  # as the forget did
         receipt = Receipt(
             request_id=new_request_id(),
             kind="restore",
@@ -216,7 +239,7 @@ def restore(
             seconds=time.perf_counter() - t0,
             read_seconds=result.seconds,
             fingerprint_before=before,
-            fingerprint_after=model_fingerprint(named),
+            fingerprint_after=model_fingerprint({**named, **new}),
             plan=target.plan,
             device=str(dev),
             restores=request_id,
@@ -224,7 +247,7 @@ def restore(
             created=time.time(),
             buffers=target.buffers,
         )
-        ledger.append(receipt)
+        _commit(named, new, receipt, ledger, before_commit)
     return receipt
 
 

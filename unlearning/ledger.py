@@ -207,6 +207,6 @@ class Ledger:
         self.require_new_id(entries, receipt.request_id)
         receipt.sequence = len(entries)
         key = entry_key(receipt.sequence, receipt.request_id)
-        if not self.io.create(key, json.dumps(receipt.to_json(), indent=1).encode()):
+        if not self.io.create(key, json.dumps(receipt.to_json(), indent=1).encode(), fsync=True):  # durable before the model changes
             raise LedgerError(f"{self.io.where(key)}: expected a new ledger entry, the entry already exists; refusing to overwrite")
         return key
