@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 from deltastore import errors
+from deltastore.format import with_checksum
 from deltastore.masks import MaskGenerator
 from deltastore.plan import PruningPlan
 from deltastore.read import StoreReader
@@ -76,8 +77,8 @@ def test_uncommitted_rows_are_invisible(tmp_path):
     record(tmp_path / "s", steps=6, steps_per_shard=2)
     commit = tmp_path / "s" / "commit.json"
     obj = json.loads(commit.read_text())
-    obj["committed_steps"] = 4  # as if the last flush had not committed
-    commit.write_text(json.dumps(obj))
+    obj["committed_steps"] = 4  # as if the last flush had not committed (a record a writer could have written)
+    commit.write_text(json.dumps(with_checksum(obj)))
     r = StoreReader(tmp_path / "s")
     assert r.committed_steps == 4
     with pytest.raises(errors.InvalidArgumentError):

@@ -6,13 +6,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from deltastore.errors import InvalidArgumentError, ModelMismatchError
 from deltastore.plan import PruningPlan
 from deltastore.read import StoreReader
-from deltastore.read.reader import row_runs
 
 from .helpers import TinyNet, record
 
@@ -66,14 +63,3 @@ def test_check_model_names_what_is_missing_or_misshapen(store):
     named["fc1.weight"] = torch.zeros(2, 2)
     with pytest.raises(ModelMismatchError, match=r"fc1.weight: expected shape \[24, 96\], got \[2, 2\]; missing fc2.bias"):
         r.check_model(named)
-
-
-@settings(max_examples=50)
-@given(st.lists(st.integers(0, 500), min_size=1, max_size=40, unique=True), st.integers(1, 10**6))
-def test_row_runs_cover_exactly_the_rows_asked_for(rows, row_bytes):
-    sel = np.array(sorted(rows))
-    runs = row_runs(sel, row_bytes)
-    covered = {s for a, b in runs for s in range(a, b)}
-    assert set(rows) <= covered
-    assert all(a < b for a, b in runs) and all(b1 <= a2 for (_, b1), (a2, _) in zip(runs, runs[1:]))
-    assert all(a in rows and b - 1 in rows for a, b in runs)  # runs start and end on asked rows

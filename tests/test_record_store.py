@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from deltastore.errors import StoreExistsError
-from deltastore.format import read_commit
+from deltastore.format import read_commit, sha256_of
 from deltastore.read import StoreReader
 from deltastore.record import RecordOptions
 from deltastore.record.store import create_store, open_for_append
@@ -25,8 +25,10 @@ def _specs():
 
 def test_a_new_store_opens_with_plain_zarr_and_commits_nothing(tmp_path):
     io = LocalStoreIO(tmp_path / "s")
-    manifest = create_store(io, _specs(), RecordOptions.from_kwargs(steps_per_shard=4))
-    assert read_commit(io) == {"committed_steps": 0, "model_fingerprint": None}
+    manifest, digest = create_store(io, _specs(), RecordOptions.from_kwargs(steps_per_shard=4))
+    commit = read_commit(io)
+    assert (commit["committed_steps"], commit["model_fingerprint"], commit["manifest_sha256"]) == (0, None, digest)
+    assert digest == sha256_of((tmp_path / "s" / "zarr.json").read_bytes())
     group = zarr.open_group(str(tmp_path / "s"), mode="r")
     assert group.attrs["deltastore"] == json.loads(json.dumps(manifest.to_json()))
     for g in manifest.groups:
@@ -51,7 +53,7 @@ def test_reopening_drops_the_uncommitted_tail_and_voids_the_fingerprint(tmp_path
     for _, sub in group.groups():
         for _, arr in sub.arrays():
             arr.resize((9, arr.shape[1]))
-    manifest, committed = open_for_append(io, RecordOptions.from_kwargs())
+    manifest, digest, committed = open_for_append(io, RecordOptions.from_kwargs())
     assert committed == 6
     assert read_commit(io)["model_fingerprint"] is None
     for _, sub in zarr.open_group(str(tmp_path / "s"), mode="r").groups():

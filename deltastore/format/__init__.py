@@ -16,18 +16,20 @@ Every byte goes through :mod:`deltastore.storage`, the one I/O seam.
 
 from __future__ import annotations
 
-from .commit import COMMIT_FILE, INDEX_DIR, read_commit, write_commit, write_json
+from .commit import COMMIT_FILE, COMMIT_VERSION, INDEX_DIR, check_checksum, check_manifest_digest, read_commit, sha256_of, with_checksum, write_commit, write_json
 from .layout import (
     CODECS,
     DEFAULT_CODEC,
     DEFAULT_CODEC_LEVEL,
     chunk_layout,
     compressors_for,
+    array_metadata,
     create_rows_array,
     default_codec,
+    group_metadata,
     parse_codec,
 )
-from .manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY, Group, Manifest, build_groups, group_arrays, load_manifest, model_fingerprint
+from .manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY, Group, Manifest, build_groups, group_arrays, load_manifest, model_fingerprint, read_manifest
 from .shards import ShardDecoder, ShardEncoder, ShardLayout, encode_chunk, numcodecs_chain, shard_layout
 from .values import (
     DEFAULT_INT8_BLOCK,
@@ -41,10 +43,10 @@ from .values import (
 )
 
 __all__ = [
-    "CODECS", "COMMIT_FILE", "DEFAULT_CODEC", "DEFAULT_CODEC_LEVEL", "DEFAULT_INT8_BLOCK", "DEFAULT_VALUE_DTYPE",
+    "CODECS", "COMMIT_FILE", "COMMIT_VERSION", "DEFAULT_CODEC", "DEFAULT_CODEC_LEVEL", "DEFAULT_INT8_BLOCK", "DEFAULT_VALUE_DTYPE",
     "FORMAT_NAME", "FORMAT_VERSION", "INDEX_DIR", "MANIFEST_KEY", "VALUE_DTYPES",
     "FloatCodec", "Group", "Int8Codec", "Manifest", "ShardDecoder", "ShardEncoder", "ShardLayout", "ValueCodec",
-    "build_groups", "group_arrays", "chunk_layout", "compressors_for", "create_rows_array", "default_codec", "encode_chunk",
+    "array_metadata", "build_groups", "check_checksum", "check_manifest_digest", "group_arrays", "group_metadata", "read_manifest", "sha256_of", "with_checksum", "chunk_layout", "compressors_for", "create_rows_array", "default_codec", "encode_chunk",
     "load_manifest", "model_fingerprint", "numcodecs_chain", "parse_codec", "parse_value_dtype", "read_commit",
     "shard_layout", "value_codec", "write_commit", "write_json",
 ]

@@ -83,3 +83,55 @@ def create_rows_array(parent, name: str, cols: int, dtype: np.dtype, codec: str,
         attributes=attrs,
         dimension_names=["step", "position"],
     )
+
+
+def numcodecs_compressor(codec: str, level: int, itemsize: int):
+    """The numcodecs object that does what :func:`compressors_for`'s compressor does (None for "none")."""
+    import numcodecs
+
+    shuffle = numcodecs.Blosc.SHUFFLE if itemsize > 1 else numcodecs.Blosc.BITSHUFFLE
+    if codec in ("blosc-zstd", "blosc-lz4"):
+        return numcodecs.Blosc(cname=codec.split("-")[1], clevel=level, shuffle=shuffle, blocksize=0, typesize=itemsize)
+    if codec == "zstd":
+        return numcodecs.Zstd(level=level, checksum=False)
+    return None
+
+
+def _codec_json(codec: str, level: int, itemsize: int) -> list[dict]:
+    out = [{"name": "bytes"} if itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}]
+    shuffle = "shuffle" if itemsize > 1 else "bitshuffle"
+    if codec in ("blosc-zstd", "blosc-lz4"):
+        out.append({"name": "blosc", "configuration": {"typesize": itemsize, "cname": codec.split("-")[1], "clevel": level,
+                                                        "shuffle": shuffle, "blocksize": 0}})
+    elif codec == "zstd":
+        out.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    return out + [{"name": "crc32c"}]
+
+
+def array_metadata(rows: int, cols: int, dtype: np.dtype, codec: str, level: int, steps_per_shard: int, attrs: dict) -> dict:
+    """The exact ``zarr.json`` of a rows array as :func:`create_rows_array` writes it (FORMAT.md §3).
+
+    Everything in it but the row count follows from the manifest, so a reader compares
+    the stored metadata with this dict instead of trusting it: a flipped byte, an
+    unknown codec or a crafted chunk shape never reaches a decoder.
+    """
+    dtype = np.dtype(dtype)
+    (rc, cc), (sr, sc) = chunk_layout(cols, dtype.itemsize, steps_per_shard)
+    fill = 0.0 if dtype.kind == "f" else 0
+    return {
+        "shape": [rows, cols], "data_type": dtype.name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [sr, sc]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill,
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [rc, cc], "codecs": _codec_json(codec, level, dtype.itemsize),
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            "index_location": "end"}}],
+        "attributes": attrs, "dimension_names": ["step", "position"],
+        "zarr_format": 3, "node_type": "array", "storage_transformers": [],
+    }
+
+
+def group_metadata(attrs: dict) -> dict:
+    """The exact ``zarr.json`` of a Zarr v3 group with ``attrs``."""
+    return {"attributes": attrs, "zarr_format": 3, "node_type": "group"}

@@ -7,17 +7,18 @@ the model fingerprint that the commit record and the ledger carry.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import CorruptStoreError, FormatVersionError
+from ..errors import CorruptStoreError, FormatVersionError, StoreNotFoundError
 from ..masks import MASK_ALGORITHM, kept_count
 from ..plan import PruningPlan, TensorSpec
 from ..selection import ALL, MAGNITUDE, Selection, parse_selection
-from .commit import read_json
+from .commit import sha256_of
 from .layout import parse_codec
 from .values import ValueCodec, parse_value_dtype, value_codec
 
@@ -212,17 +213,32 @@ class Manifest:
             raise CorruptStoreError(f"{where}: malformed manifest ({exc!r})") from exc
 
 
-def load_manifest(io) -> Manifest:
-    """The manifest of the store behind ``io`` (a :class:`~deltastore.storage.StoreIO`)."""
+def read_manifest(io) -> tuple[Manifest, str]:
+    """The manifest of the store behind ``io`` and the sha256 of the bytes it came from.
+
+    The commit record (version 2) pins that digest: a reader compares the two.
+    """
     where = io.where(GROUP_METADATA)
     expected = "Zarr v3 group metadata"
-    meta = read_json(io, GROUP_METADATA, expected)
+    try:
+        raw = io.read(GROUP_METADATA)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"{io.url}: expected a deltastore store (zarr.json), found none") from None
+    try:
+        meta = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptStoreError(f"{where}: expected {expected}, could not parse it ({exc})") from exc
     attrs = meta.get("attributes") if isinstance(meta, dict) and meta.get("node_type") == "group" and meta.get("zarr_format") == 3 else None
     if not isinstance(attrs, dict):
         raise CorruptStoreError(f"{where}: expected {expected} with attributes, got {str(meta)[:200]!r}")
     if MANIFEST_KEY not in attrs:
         raise CorruptStoreError(f"{io.url}: Zarr group without a {MANIFEST_KEY!r} manifest attribute; not a deltastore store")
-    return Manifest.from_json(attrs[MANIFEST_KEY], where=where)
+    return Manifest.from_json(attrs[MANIFEST_KEY], where=where), sha256_of(raw)
+
+
+def load_manifest(io) -> Manifest:
+    """The manifest of the store behind ``io`` (a :class:`~deltastore.storage.StoreIO`)."""
+    return read_manifest(io)[0]
 
 
 def model_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:

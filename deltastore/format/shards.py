@@ -37,6 +37,16 @@ class ShardLayout:
     chain: list  # numcodecs_chain of the inner chunks: [compressor,] "crc32c"
     fill_value: object
 
+    @classmethod
+    def of(cls, path: str, cols: int, dtype, codec: str, level: int, steps_per_shard: int) -> "ShardLayout":
+        """The layout the writer gives a rows array, derived from the manifest alone (FORMAT.md §3)."""
+        from .layout import chunk_layout, numcodecs_compressor
+
+        dtype = np.dtype(dtype)
+        chunk, shard = chunk_layout(cols, dtype.itemsize, steps_per_shard)
+        comp = numcodecs_compressor(codec, level, dtype.itemsize)
+        return cls(path, (0, cols), dtype, chunk, shard, ([comp] if comp is not None else []) + ["crc32c"], 0)
+
     @property
     def per_shard(self) -> tuple[int, int]:
         return self.shard[0] // self.chunk[0], self.shard[1] // self.chunk[1]
@@ -132,15 +142,16 @@ class ShardEncoder:
         for s0 in range(0, rows, sr):
             for t0 in range(0, cols, sc):
                 blob = self.encode_shard(data[s0 : s0 + sr, t0 : t0 + sc])
-                key = lay.key((start + s0) // sr, t0 // sc)
-                if blob is None:
-                    self.io.delete(key)
-                else:
-                    self.io.write(key, blob, fsync=fsync)
+                self.io.write(lay.key((start + s0) // sr, t0 // sc), blob, fsync=fsync)
         return True
 
-    def encode_shard(self, block: np.ndarray) -> bytes | None:
-        """One shard's bytes, or None when every chunk equals the fill value (Zarr writes no file)."""
+    def empty_shard(self) -> bytes:
+        """A shard whose chunks are all the fill value: only its index (every entry "absent")."""
+        return self.encode_shard(np.zeros((0, 0), dtype=self.layout.dtype))
+
+    def encode_shard(self, block: np.ndarray) -> bytes:
+        """One shard's bytes. A shard whose chunks all equal the fill value is its index alone
+        (Zarr would write no file; a store writes it, so a missing shard is always damage)."""
         r, c = self.layout.chunk
         index = np.full(self.layout.per_shard + (2,), EMPTY, dtype="<u8")
         parts, offset = [], 0
@@ -154,8 +165,6 @@ class ShardEncoder:
             index[i, j] = (offset, len(enc))
             parts.append(enc)
             offset += len(enc)
-        if not parts:
-            return None
         raw = index.tobytes()
         parts.append(raw + crc32c_bytes(raw))
         return b"".join(parts)
@@ -168,8 +177,10 @@ class ShardDecoder:
     numcodecs (GIL released) and checks every crc32c as Zarr does.
     """
 
-    def __init__(self, io, layout: ShardLayout):
+    def __init__(self, io, layout: ShardLayout, *, rows: int | None = None, require_shards: bool = False):
         self.io, self.lay = io, layout
+        self.rows = rows  # rows that may be read (committed steps); None: unchecked
+        self.require_shards = require_shards  # a missing shard is damage, not zeros
         self.k = layout.shape[1]
         self.rc, self.cc = layout.chunk
         self.sps, self.scols = layout.shard
@@ -179,6 +190,8 @@ class ShardDecoder:
 
     def read(self, sel: np.ndarray) -> np.ndarray:
         """``arr[sel, :]`` for committed rows ``sel`` (any order, repeats allowed)."""
+        if self.rows is not None and sel.size and (int(sel.min()) < 0 or int(sel.max()) >= self.rows):
+            raise ValueError(f"{self.lay.path}: expected rows in [0, {self.rows}), got {sel.min()}..{sel.max()}")
         order = np.argsort(sel, kind="stable")
         out = np.empty((sel.size, self.k), dtype=self.lay.dtype)
         j = 0
@@ -198,8 +211,14 @@ class ShardDecoder:
         key = self.lay.key(shard, cs)
         try:
             f = self.io.open_range(key)
-        except FileNotFoundError:  # Zarr writes no shard whose chunks all equal the fill value
-            out[positions, lo_col:hi_col] = self.lay.fill_value
+        except FileNotFoundError:
+            if self.require_shards:
+                from ..errors import CorruptStoreError
+
+                steps = sorted({int(sel[p]) for p in positions})
+                raise CorruptStoreError(f"{self.io.where(key)}: expected the shard of steps {steps[:5]}..., it is missing",
+                                        step=steps[0], tensor=self.lay.path) from None
+            out[positions, lo_col:hi_col] = self.lay.fill_value  # stores before commit version 2 left all-zero shards out
             return
         with f:
             n_index = 16 * self.nchunks + 4
@@ -207,6 +226,7 @@ class ShardDecoder:
             if len(raw_index) != n_index or google_crc32c.value(raw_index[:-4]) != int.from_bytes(raw_index[-4:], "little"):
                 raise ValueError(f"{self.io.where(key)}: shard index is truncated or fails its checksum")
             index = np.frombuffer(raw_index, dtype="<u8", count=2 * self.nchunks).reshape(self.nchunks, 2)
+            self._check_index(index, f.size - n_index, key)
             p = 0
             while p < positions.size:  # one inner row of chunks at a time
                 inner_row = (int(sel[positions[p]]) % self.sps) // self.rc
@@ -235,6 +255,17 @@ class ShardDecoder:
                         self._decode_into(payload, chunk.reshape(-1))
                         out[rows_out, lo:hi] = chunk[rows_in, : hi - lo]
                 p = e
+
+    def _check_index(self, index: np.ndarray, data_end: int, key: str) -> None:
+        """Every present chunk lies inside the shard's data and is no larger than a chunk can
+        encode to (zstd's bound: raw + raw/128 + 1 KiB): bounded reads for any index bytes."""
+        present = index[:, 0] != EMPTY
+        if not present.any():
+            return
+        raw = self.rc * self.cc * self.lay.dtype.itemsize
+        offsets, sizes = index[present, 0], index[present, 1]
+        if np.any(sizes > raw + raw // 128 + 1024) or np.any(sizes > data_end) or np.any(offsets > data_end - sizes):
+            raise ValueError(f"{self.io.where(key)}: shard index points outside the shard or claims oversized chunks")
 
     def _decode_into(self, payload, dest: np.ndarray) -> None:
         if self.decoder is None:

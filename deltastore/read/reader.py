@@ -15,10 +15,19 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import zarr
 
 from ..errors import CorruptStoreError, InvalidArgumentError, ModelMismatchError
-from ..format import INDEX_DIR, Manifest, ShardDecoder, load_manifest, read_commit, shard_layout
+from ..format import (
+    INDEX_DIR,
+    ShardDecoder,
+    ShardLayout,
+    array_metadata,
+    check_manifest_digest,
+    group_metadata,
+    read_commit,
+    read_manifest,
+)
+from ..format.commit import read_json
 from ..index import SampleIndex
 from ..masks import MaskGenerator
 from ..plan import PruningPlan
@@ -36,31 +45,52 @@ class StoreReader:
     def __init__(self, store, *, threads: int | None = None):
         self.io = open_io(store)
         self.root = self.io.url
-        self.manifest: Manifest = load_manifest(self.io)
+        self.manifest, digest = read_manifest(self.io)  # a Manifest, and the sha256 of its bytes
         commit = read_commit(self.io)
+        check_manifest_digest(self.io, commit, digest)
+        self.commit = commit
         self.committed_steps: int = commit["committed_steps"]
         self.model_fingerprint: str | None = commit.get("model_fingerprint")
-        group = zarr.open_group(self.io.zarr_store(read_only=True), mode="r")
+        # Stores with a checksummed commit record write every shard, all-zero ones too:
+        # there, a missing shard is damage. Older stores left all-zero shards out.
+        self.shards_complete = "checksum" in commit
         m = self.manifest
-        self._arrays: list[dict[str, object]] = []
-        try:
-            for g in m.groups:
-                self._arrays.append({name: group[f"{g.path}/{name}"] for name in m.arrays(g)})
-        except KeyError as exc:
-            raise CorruptStoreError(f"{self.root}: expected the arrays named in the manifest, missing {exc}") from exc
-        for g, arrs in zip(m.groups, self._arrays):
-            arr = arrs["values"]
-            if arr.shape[0] < self.committed_steps or arr.shape[1] != g.k:
-                raise CorruptStoreError(
-                    f"{self.root}/{g.path}/values: expected at least {self.committed_steps} rows of {g.k} values, got shape {arr.shape}",
-                    tensor=g.label,
-                )
-        # Direct shard readers where the layout is the one our writer makes (else Zarr slices).
-        self._direct = {id(a): ShardDecoder(self.io, lay) for arrs in self._arrays for a in arrs.values()
-                        if (lay := shard_layout(a)) is not None}
+        self._decoders: list[dict[str, ShardDecoder]] = []
+        for g in m.groups:
+            self._check_group_metadata(g)
+            decoders = {}
+            for name, (cols, dtype, attrs) in m.arrays(g).items():
+                path = f"{g.path}/{name}"
+                self._check_array_metadata(path, g, cols, dtype, attrs)
+                lay = ShardLayout.of(path, cols, dtype, m.codec, m.codec_level, m.steps_per_shard)
+                decoders[name] = ShardDecoder(self.io, lay, rows=self.committed_steps, require_shards=self.shards_complete)
+            self._decoders.append(decoders)
         self.masks = MaskGenerator(m.mask_seed, m.mask_pool)
         self._index: SampleIndex | None = None
         self.threads = threads or min(8, (os.cpu_count() or 2))
+
+    def _check_group_metadata(self, g) -> None:
+        key = f"{g.path}/zarr.json"
+        got = read_json(self.io, key, "Zarr v3 group metadata")
+        expected = group_metadata({"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
+        if got != expected:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected the group metadata the manifest implies, got {_first_difference(expected, got)}",
+                                    tensor=g.label)
+
+    def _check_array_metadata(self, path: str, g, cols: int, dtype, attrs: dict) -> None:
+        """The array's zarr.json must be what the manifest implies, with at least committed rows."""
+        key = f"{path}/zarr.json"
+        got = read_json(self.io, key, "Zarr v3 array metadata")
+        shape = got.get("shape") if isinstance(got, dict) else None
+        rows = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) and not isinstance(shape[0], bool) else -1
+        m = self.manifest
+        expected = array_metadata(max(rows, 0), cols, dtype, m.codec, m.codec_level, m.steps_per_shard, attrs)
+        if got != expected:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected the array metadata the manifest implies, got {_first_difference(expected, got)}",
+                                    tensor=g.label)
+        if rows < self.committed_steps:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected at least {self.committed_steps} rows (committed steps), got {rows}",
+                                    tensor=g.label)
 
     # ---- basics ------------------------------------------------------------
     @property
@@ -103,7 +133,9 @@ class StoreReader:
         g = self.manifest.groups[gid]
         sel = np.asarray(steps, dtype=np.int64)
         try:
-            raw = {name: self._rows(arr, sel) for name, arr in self._arrays[gid].items()}
+            raw = {name: dec.read(sel) for name, dec in self._decoders[gid].items()}
+        except CorruptStoreError:
+            raise
         except Exception as exc:  # checksum/decode failures surface as several exception types
             raise self._locate_corruption(gid, steps, exc) from exc
         vals = self.manifest.values.decode(raw)
@@ -114,16 +146,12 @@ class StoreReader:
             raise CorruptStoreError(f"step {bad}, tensor {g.label}: stored index out of range [0, {g.n})", step=bad, tensor=g.label)
         return vals, ind
 
-    def _rows(self, arr, sel: np.ndarray) -> np.ndarray:
-        direct = self._direct.get(id(arr))
-        return direct.read(sel) if direct is not None else read_zarr_rows(arr, sel)
-
     def _locate_corruption(self, gid: int, steps: Sequence[int], exc: BaseException) -> CorruptStoreError:
         g = self.manifest.groups[gid]
         for s in steps:
             try:
-                for arr in self._arrays[gid].values():
-                    arr[int(s)]
+                for dec in self._decoders[gid].values():
+                    dec.read(np.array([int(s)], dtype=np.int64))
             except Exception as inner:
                 return CorruptStoreError(f"step {s}, tensor {g.label}: stored chunk is unreadable or fails its checksum ({inner})", step=int(s), tensor=g.label)
         return CorruptStoreError(f"steps {list(steps)[:5]}, tensor {g.label}: could not read ({exc})", tensor=g.label)
@@ -189,35 +217,18 @@ class StoreReader:
         self.close()
 
 
-# Zarr's orthogonal selection with an integer row array is ~10x slower than basic
-# slicing (measured: 24 rows of 1.1 M int8 values, 949 ms against 79 ms), so rows
-# are read as slices of consecutive steps. A slice call has a fixed cost (~1.3 ms
-# measured) worth decoding about this many bytes, so runs separated by a smaller
-# gap are read as one slice and the gap rows dropped.
-GAP_BYTES = 256 * 1024
-
-
-def row_runs(sel: np.ndarray, row_bytes: int) -> list[tuple[int, int]]:
-    """Half-open row ranges covering the sorted, distinct rows ``sel``, small gaps merged."""
-    max_gap = GAP_BYTES // max(1, row_bytes)
-    runs: list[tuple[int, int]] = []
-    for s in sel.tolist():
-        if runs and s - runs[-1][1] <= max_gap:
-            runs[-1] = (runs[-1][0], s + 1)
-        else:
-            runs.append((s, s + 1))
-    return runs
-
-
-def read_zarr_rows(arr, sel: np.ndarray) -> np.ndarray:
-    """``arr[sel, :]`` (rows in the order of ``sel``) through basic slices only."""
-    uniq = np.unique(sel)
-    runs = row_runs(uniq, arr.dtype.itemsize * arr.shape[1])
-    parts = [arr[a:b] for a, b in runs]
-    block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    if block.shape[0] == sel.size and uniq.size == sel.size and np.array_equal(uniq, sel):
-        return block  # exactly the requested rows, in order
-    starts = np.array([a for a, _ in runs], dtype=np.int64)
-    offsets = np.cumsum([0] + [b - a for a, b in runs[:-1]])
-    r = np.searchsorted(starts, sel, side="right") - 1
-    return block[offsets[r] + sel - starts[r]]
+def _first_difference(expected, got, where: str = "") -> str:
+    """The first place two JSON values differ, for messages."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for k in sorted(set(expected) | set(got)):
+            if k not in got:
+                return f"no {where + k!r}"
+            if k not in expected:
+                return f"unexpected {where + k!r}"
+            if expected[k] != got[k]:
+                return _first_difference(expected[k], got[k], f"{where}{k}.")
+    if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
+        for i, (e, g) in enumerate(zip(expected, got)):
+            if e != g:
+                return _first_difference(e, g, f"{where}{i}.")
+    return f"{where.rstrip('.') or 'value'} = {str(got)[:120]!r} instead of {str(expected)[:120]!r}"

@@ -17,8 +17,9 @@ from ..format import (
     build_groups,
     create_rows_array,
     group_arrays,
-    load_manifest,
+    check_manifest_digest,
     read_commit,
+    read_manifest,
     value_codec,
     write_commit,
 )
@@ -37,8 +38,11 @@ def capacity(groups, values: ValueCodec, buffer_bytes: int) -> int:
     return max(1, buffer_bytes // max(1, 2 * step_bytes(groups, values)))
 
 
-def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> Manifest:
-    """Write a new, empty store (manifest, empty arrays, commit record) through ``io``."""
+def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tuple[Manifest, str]:
+    """Write a new, empty store (manifest, empty arrays, commit record) through ``io``.
+
+    Returns the manifest and the sha256 of its bytes (what commit records pin).
+    """
     if not io.is_empty():
         raise StoreExistsError(
             f"{io.url}: expected a new or empty directory for a new store, found existing files; "
@@ -70,28 +74,43 @@ def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> Man
         sub = root.create_group(g.path, attributes={"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
         for name, (cols, dtype, attrs) in manifest.arrays(g).items():
             create_rows_array(sub, name, cols, dtype, manifest.codec, manifest.codec_level, steps_per_shard, attrs)
-    # The commit record last: its presence is what makes the directory a store.
-    write_commit(io, 0, None, fsync=options.fsync)
-    return manifest
+    # The commit record last: its presence is what makes the directory a store. It pins the
+    # manifest's bytes as Zarr wrote them.
+    digest = read_manifest(io)[1]
+    write_commit(io, 0, None, fsync=options.fsync, manifest_sha256=digest)
+    return manifest, digest
 
 
-def open_for_append(io, options: RecordOptions) -> tuple[Manifest, int]:
-    """(manifest, committed steps) of an existing store, its uncommitted tail dropped."""
-    manifest = load_manifest(io)
-    committed = read_commit(io)["committed_steps"]
-    truncate_uncommitted(io, manifest, committed)
+def open_for_append(io, options: RecordOptions) -> tuple[Manifest, str, int]:
+    """(manifest, its sha256, committed steps) of an existing store, its uncommitted tail dropped."""
+    manifest, digest = read_manifest(io)
+    commit = read_commit(io)
+    check_manifest_digest(io, commit, digest)
+    committed = commit["committed_steps"]
+    index = truncate_uncommitted(io, manifest, committed)
     # The old fingerprint described the model at close; recording resumes, so it is void.
-    write_commit(io, committed, None, fsync=options.fsync)
-    return manifest, committed
+    write_commit(io, committed, None, fsync=options.fsync, manifest_sha256=digest, index=index)
+    return manifest, digest, committed
 
 
-def truncate_uncommitted(io, manifest: Manifest, committed: int) -> None:
-    """Drop rows >= committed from every array and the index (the crash tail)."""
+def truncate_uncommitted(io, manifest: Manifest, committed: int) -> dict[str, str] | None:
+    """Drop rows >= committed from every array and the index (the crash tail).
+
+    Returns the digests of the index objects that remain (for the commit record).
+    """
     group = zarr.open_group(io.zarr_store(read_only=False), mode="r+")
     for g in manifest.groups:
         for name in manifest.arrays(g):
             arr = group[f"{g.path}/{name}"]
             if arr.shape[0] > committed:
                 arr.resize((committed, arr.shape[1]))
-    IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS).truncate(committed)
+    index = IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS)
+    index.truncate(committed)
+    return index_digests(index)
+
+
+def index_digests(index) -> dict[str, str] | None:
+    """The index writer's digests of its live objects, when it keeps them."""
+    digests = getattr(index, "digests", None)
+    return digests() if digests is not None else None
 

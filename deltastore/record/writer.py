@@ -25,12 +25,12 @@ import zarr
 from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
 
 from ..errors import RecorderClosedError
-from ..format import INDEX_DIR, Group, Manifest, ShardEncoder, shard_layout, write_commit
+from ..format import INDEX_DIR, Group, Manifest, ShardEncoder, ShardLayout, write_commit
 from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter
 from ..plan import TensorSpec
 from ..storage import open_io
 from .options import RecordOptions
-from .store import capacity, create_store, open_for_append
+from .store import capacity, create_store, index_digests, open_for_append
 
 
 @dataclass
@@ -63,9 +63,10 @@ class StoreWriter:
     drives it from optimizer hooks.
     """
 
-    def __init__(self, io, manifest: Manifest, committed: int, options: RecordOptions, *, pin_memory: bool):
+    def __init__(self, io, manifest: Manifest, manifest_sha256: str, committed: int, options: RecordOptions, *, pin_memory: bool):
         self.io = io
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
         self.values = manifest.values
         self.committed = committed
         self._next_step = committed
@@ -76,9 +77,10 @@ class StoreWriter:
         group = zarr.open_group(io.zarr_store(read_only=False, fsync=self.fsync), mode="r+")
         self._arrays: list[_Array] = []
         for g in manifest.groups:
-            for name in manifest.arrays(g):
-                arr = group[f"{g.path}/{name}"]
-                self._arrays.append(_Array(g.id, name, arr, ShardEncoder(io, shard_layout(arr))))
+            for name, (cols, dtype, _) in manifest.arrays(g).items():
+                path = f"{g.path}/{name}"
+                lay = ShardLayout.of(path, cols, dtype, manifest.codec, manifest.codec_level, manifest.steps_per_shard)
+                self._arrays.append(_Array(g.id, name, group[path], ShardEncoder(io, lay)))
         self._index = IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS)
         # Steps per flush: a whole shard, unless the memory bound asks for fewer.
         self.capacity = min(manifest.steps_per_shard, capacity(manifest.groups, self.values, options.buffer_bytes))
@@ -94,16 +96,16 @@ class StoreWriter:
         """Create a new store at ``location`` (a path or a StoreIO); refuses to overwrite anything."""
         options = RecordOptions.from_kwargs(options)
         io = open_io(location)
-        manifest = create_store(io, specs, options)
-        return cls(io, manifest, 0, options, pin_memory=pin_memory)
+        manifest, digest = create_store(io, specs, options)
+        return cls(io, manifest, digest, 0, options, pin_memory=pin_memory)
 
     @classmethod
     def open_append(cls, location, options: RecordOptions | None = None, *, pin_memory: bool = False) -> "StoreWriter":
         """Reopen a store to record more steps; the uncommitted tail of a crash is dropped."""
         options = RecordOptions.from_kwargs(options)
         io = open_io(location)
-        manifest, committed = open_for_append(io, options)
-        return cls(io, manifest, committed, options, pin_memory=pin_memory)
+        manifest, digest, committed = open_for_append(io, options)
+        return cls(io, manifest, digest, committed, options, pin_memory=pin_memory)
 
     def _alloc(self, pin: bool) -> _StepBuffer:
         pin = pin and torch.cuda.is_available()
@@ -204,7 +206,7 @@ class StoreWriter:
             for step, epoch, ids in buf.index_rows:
                 self._index.add(step, epoch, ids)
             self._index.flush(fsync=self.fsync)
-            write_commit(self.io, end, None, fsync=self.fsync)
+            self._commit(end, None)
             with self._lock:
                 self.committed = end
         except BaseException as exc:  # surfaced on the training thread at the next call
@@ -214,6 +216,10 @@ class StoreWriter:
             buf.count = 0
             buf.index_rows = []
             self.write_seconds += time.perf_counter() - t0
+
+    def _commit(self, steps: int, fingerprint: str | None) -> None:
+        write_commit(self.io, steps, fingerprint, fsync=self.fsync, manifest_sha256=self.manifest_sha256,
+                     index=index_digests(self._index))
 
     def _grow_and_write(self, jobs: list, start: int, end: int) -> None:
         """Grow every array to ``end`` rows, then write rows [start, end) of each.
@@ -237,6 +243,13 @@ class StoreWriter:
                 await asyncio.gather(*(a.zarr.async_array.setitem((slice(start, end), slice(None)), d) for a, d in rest))
 
             zarr_sync(write())
+            # Zarr writes no shard whose chunks are all zero; a store has every shard (absence is damage).
+            for a, _ in rest:
+                lay = a.encoder.layout
+                for i in range(start // lay.shard[0], (end - 1) // lay.shard[0] + 1):
+                    for j in range(-(-a.zarr.shape[1] // lay.shard[1])):
+                        if not self.io.exists(lay.key(i, j)):
+                            self.io.write(lay.key(i, j), a.encoder.empty_shard(), fsync=self.fsync)
 
     def close(self, fingerprint: str | None = None) -> None:
         """Flush, commit, record the final model's fingerprint, stop the writer thread."""
@@ -245,7 +258,7 @@ class StoreWriter:
         try:
             self.flush()
             self._index.compact(self.committed, fsync=self.fsync)
-            write_commit(self.io, self.committed, fingerprint, fsync=self.fsync)
+            self._commit(self.committed, fingerprint)
         finally:
             self._closed = True
             self._executor.shutdown(wait=True)
