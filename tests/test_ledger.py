@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from deltastore.errors import CorruptStoreError, InvalidArgumentError, LedgerError, StoreLockedError
 from deltastore.storage import LocalStoreIO, StoreIO
+from deltastore.format import with_checksum
 from unlearning.ledger import LEDGER_DIR, Ledger, Receipt, entry_key
 
 
@@ -149,15 +150,24 @@ def _write(tmp_path, name, obj):
     return d / name
 
 
+def _signed(obj: dict) -> dict:
+    """An entry with a valid checksum, so the check under test is the one that fails."""
+    return with_checksum(obj)
+
+
 CORRUPT = {
-    "name disagrees with the request id": ("00000000-a.json", _receipt("b", sequence=0).to_json(), "file name disagrees"),
-    "name disagrees with the sequence": ("00000000-a.json", _receipt("a", sequence=4).to_json(), "file name disagrees"),
+    "name disagrees with the request id": ("00000000-a.json", _signed(_receipt("b", sequence=0).to_json()), "file name disagrees"),
+    "name disagrees with the sequence": ("00000000-a.json", _signed(_receipt("a", sequence=4).to_json()), "file name disagrees"),
     "not JSON": ("00000000-a.json", b"{not json", "expected a ledger entry"),
     "a JSON list": ("00000000-a.json", [1, 2], "expected a ledger entry"),
     "no kind": ("00000000-a.json", {"request_id": "a", "sequence": 0}, "expected a ledger entry"),
-    "unknown kind": ("00000000-a.json", _receipt("a", kind="undo", sequence=0).to_json(), "expected kind one of"),
-    "steps not integers": ("00000000-a.json", {**_receipt("a", sequence=0).to_json(), "steps": ["1"]}, "expected steps as a list"),
-    "first entry missing": ("00000001-a.json", _receipt("a", sequence=1).to_json(), "expected ledger entry number 0 next, got 1"),
+    "unknown kind": ("00000000-a.json", _signed(_receipt("a", kind="undo", sequence=0).to_json()), "expected kind one of"),
+    "steps not integers": ("00000000-a.json", _signed({**_receipt("a", sequence=0).to_json(), "steps": ["1"]}), "expected steps as a list"),
+    "first entry missing": ("00000001-a.json", _signed(_receipt("a", sequence=1).to_json()), "expected ledger entry number 0 next, got 1"),
+    "content edited": ("00000000-a.json", {**_signed(_receipt("a", sequence=0).to_json()), "steps": [1, 2]}, "match its checksum"),
+    "checksum removed": ("00000000-a.json", _receipt("a", sequence=0).to_json(), "match its checksum"),
+    "not the first entry's predecessor": ("00000000-a.json", _signed({**_receipt("a", sequence=0).to_json(), "previous": "sha256:00"}),
+                                          "expected it to follow"),
 }
 
 
@@ -174,9 +184,33 @@ def test_a_bad_entry_is_corrupt_store_naming_it(tmp_path, name, content, match):
 def test_a_repeated_sequence_number_is_corrupt(tmp_path):
     ledger = Ledger(tmp_path)
     ledger.append(_receipt("a"))
-    _write(tmp_path, "00000000-b.json", _receipt("b", sequence=0).to_json())
+    _write(tmp_path, "00000000-b.json", _signed(_receipt("b", sequence=0).to_json()))
     with pytest.raises(CorruptStoreError, match="00000000-b.json: expected ledger entry number 1 next, got 0"):
         ledger.entries()
+
+
+def test_entries_are_chained_and_a_removed_middle_entry_is_caught(tmp_path):
+    ledger = Ledger(tmp_path)
+    for rid in "abc":
+        ledger.append(_receipt(rid))
+    a, b, c = ledger.entries()
+    assert a.previous is None and b.previous == a.checksum and c.previous == b.checksum
+    # Renumber c into b's place: names and sequence agree, only the chain can tell.
+    (tmp_path / "ledger" / "00000001-b.json").unlink()
+    moved = {**json.loads((tmp_path / "ledger" / "00000002-c.json").read_bytes()), "sequence": 1}
+    (tmp_path / "ledger" / "00000002-c.json").unlink()
+    _write(tmp_path, "00000001-c.json", _signed({k: v for k, v in moved.items() if k != "checksum"}))
+    with pytest.raises(CorruptStoreError, match="expected it to follow the entry with checksum"):
+        ledger.entries()
+
+
+def test_version_1_entries_without_checksums_still_read(tmp_path):
+    old = {k: v for k, v in _receipt("a", sequence=0).to_json().items() if k not in ("previous", "checksum")}
+    _write(tmp_path, "00000000-a.json", {**old, "ledger_version": 1})
+    ledger = Ledger(tmp_path)
+    assert [r.request_id for r in ledger.entries()] == ["a"]
+    ledger.append(_receipt("b"))  # a new entry chains onto an old one (whose checksum is None)
+    assert [r.request_id for r in ledger.entries()] == ["a", "b"]
 
 
 def test_other_names_in_the_folder_are_not_entries(tmp_path):

@@ -23,11 +23,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from deltastore.errors import CorruptStoreError, InvalidArgumentError, LedgerError
+from deltastore.format import check_checksum, with_checksum
 from deltastore.storage import StoreIO, open_io
 
 LEDGER_DIR = "ledger"
 LOCK_KEY = f"{LEDGER_DIR}/.lock"
-LEDGER_VERSION = 1
+# Version 2 entries carry ``previous`` (the checksum of the entry before) and ``checksum`` (the
+# sha256 of the entry's canonical JSON without it): a flipped byte, an edited entry or a
+# removed or reordered one in the middle is an error. Version 1 entries (before) have neither.
+LEDGER_VERSION = 2
 KINDS = ("forget", "restore")
 _NAME = re.compile(r"^(\d{8})-([A-Za-z0-9_.-]+)\.json$")
 
@@ -57,6 +61,8 @@ class Receipt:
     created: float = 0.0
     sequence: int = -1
     ledger_version: int = LEDGER_VERSION
+    previous: str | None = None  # checksum of the entry before this one (None for the first)
+    checksum: str | None = None  # sha256 of this entry's canonical JSON without this field
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -132,6 +138,7 @@ class Ledger:
             subtracted step look live): the message names the file.
         """
         out: list[Receipt] = []
+        previous = None
         for name in self.io.list_dir(LEDGER_DIR):
             m = _NAME.match(name)
             if not m:
@@ -144,6 +151,10 @@ class Ledger:
                 raise CorruptStoreError(
                     f"{self.io.where(key)}: expected ledger entry number {len(out)} next, got {r.sequence} (an entry is missing or repeated)"
                 )
+            if r.ledger_version != 1 and r.previous != previous:
+                raise CorruptStoreError(f"{self.io.where(key)}: expected it to follow the entry with checksum {str(previous)[:23]}..., "
+                                        f"it names {str(r.previous)[:23]}... (an entry before it was removed, replaced or reordered)")
+            previous = r.checksum
             out.append(r)
         return out
 
@@ -155,6 +166,10 @@ class Ledger:
             r = Receipt.from_json(obj)
         except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as exc:
             raise CorruptStoreError(f"{self.io.where(key)}: expected a ledger entry (JSON receipt), could not parse it ({exc})") from exc
+        if r.ledger_version != 1 or "checksum" in obj:
+            if r.ledger_version != LEDGER_VERSION:
+                raise CorruptStoreError(f"{self.io.where(key)}: expected ledger_version 1 or {LEDGER_VERSION}, got {r.ledger_version!r}")
+            check_checksum(obj, self.io.where(key))
         if r.kind not in KINDS:
             raise CorruptStoreError(f"{self.io.where(key)}: expected kind one of {KINDS}, got {r.kind!r}")
         if not isinstance(r.steps, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in r.steps):
@@ -206,6 +221,9 @@ class Ledger:
         entries = self.entries()
         self.require_new_id(entries, receipt.request_id)
         receipt.sequence = len(entries)
+        receipt.ledger_version = LEDGER_VERSION
+        receipt.previous = entries[-1].checksum if entries else None
+        receipt.checksum = with_checksum(receipt.to_json())["checksum"]
         key = entry_key(receipt.sequence, receipt.request_id)
         if not self.io.create(key, json.dumps(receipt.to_json(), indent=1).encode(), fsync=True):  # durable before the model changes
             raise LedgerError(f"{self.io.where(key)}: expected a new ledger entry, the entry already exists; refusing to overwrite")
