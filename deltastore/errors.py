@@ -25,6 +25,7 @@ __all__ = [
     "DeviceError",
     "LedgerError",
     "StoreLockedError",
+    "RecordingFailedError",
 ]
 
 
@@ -116,3 +117,22 @@ class LedgerError(DeltaStoreError, ValueError):
 
 class StoreLockedError(DeltaStoreError, TimeoutError):
     """Another process holds the store's lock for longer than allowed."""
+
+
+class RecordingFailedError(DeltaStoreError, OSError):
+    """Committing recorded steps failed (disk full, file too large, permission, ...).
+
+    Nothing past the failure is committed; every step before it stays readable, and
+    the store reopens with ``mode="a"``. ``committed_steps`` says where it stands.
+    """
+
+    def __init__(self, message: str, *, committed_steps: int | None = None):
+        super().__init__(message)
+        self.committed_steps = committed_steps
+
+    def __reduce__(self):
+        return (_rebuild_recording_failed, (str(self), self.committed_steps))
+
+
+def _rebuild_recording_failed(message, committed_steps):
+    return RecordingFailedError(message, committed_steps=committed_steps)

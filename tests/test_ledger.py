@@ -90,6 +90,9 @@ class MemoryStoreIO(StoreIO):
         finally:
             lk.release()
 
+    def acquire(self, key, holder):
+        raise NotImplementedError("the ledger takes no writer lease")
+
 
 def _receipt(request_id, kind="forget", steps=(), **kw):
     return Receipt(request_id=request_id, kind=kind, steps=list(steps), **kw)

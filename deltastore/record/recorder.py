@@ -176,8 +176,11 @@ class Recorder:
         """Declare the ids of the samples in the batch that the next optimizer step uses.
 
         ``epoch`` (0-based) is kept in the index for audits; it does not affect forgetting.
+        A failure to commit earlier steps (disk full, ...) is raised here, as
+        RecordingFailedError, and at every later call.
         """
         self._check_open()
+        self.writer.check()
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= int(epoch) < 2**31:
             raise InvalidArgumentError(f"epoch: expected an integer in [0, 2**31), got {epoch!r}")
         ids = parse_sample_ids(sample_ids, self.manifest.sample_id_type)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Sequence
 
 import zarr
 
 from .. import __version__
-from ..errors import StoreExistsError
+from ..errors import DeltaStoreError, StoreExistsError
 from ..format import (
     INDEX_DIR,
     MANIFEST_KEY,
@@ -38,16 +39,51 @@ def capacity(groups, values: ValueCodec, buffer_bytes: int) -> int:
     return max(1, buffer_bytes // max(1, 2 * step_bytes(groups, values)))
 
 
+# The writer rule (FORMAT.md §5): one recording at a time holds this lock from open to close.
+WRITER_LOCK = ".writer.lock"
+# What creating a store writes before its commit record: a directory holding only these
+# (and hidden temporaries) is an interrupted creation, which may be cleared and redone.
+_CREATION_NAMES = re.compile(r"^(zarr\.json|g\d{4}|index|\.creating|\..*)$")
+
+
+def check_creatable(io) -> None:
+    """StoreExistsError unless a new store may be created here.
+
+    An empty location is fine. So is what an interrupted creation left -- no commit
+    record, a readable deltastore manifest, nothing but the names creation writes --
+    which is cleared first: a kill during creation leaves a path that can be used
+    again. Anything else is never touched.
+    """
+    if io.is_empty():
+        return
+    names = io.list_dir("")
+    if "commit.json" not in names and all(_CREATION_NAMES.match(n) for n in names) and _has_our_manifest(io):
+        for n in names:
+            if n == "zarr.json":
+                io.delete(n)
+            elif n != WRITER_LOCK:
+                io.delete_prefix(n)
+        return
+    raise StoreExistsError(
+        f"{io.url}: expected a new or empty directory for a new store, found existing files; "
+        "open it for append (mode='a') or choose another path — deltastore never overwrites"
+    )
+
+
+def _has_our_manifest(io) -> bool:
+    try:
+        read_manifest(io)
+        return True
+    except DeltaStoreError:
+        return False
+
+
 def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tuple[Manifest, str]:
     """Write a new, empty store (manifest, empty arrays, commit record) through ``io``.
 
     Returns the manifest and the sha256 of its bytes (what commit records pin).
     """
-    if not io.is_empty():
-        raise StoreExistsError(
-            f"{io.url}: expected a new or empty directory for a new store, found existing files; "
-            "open it for append (mode='a') or choose another path — deltastore never overwrites"
-        )
+    check_creatable(io)
     groups = build_groups(specs, options.plan)
     # A flush writes one buffer half; when the memory bound holds fewer steps than a
     # shard, shrink the shard to match, so every flush writes whole new shards (the
@@ -69,11 +105,16 @@ def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tup
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         writer=f"deltastore {__version__}",
     )
-    root = zarr.open_group(io.zarr_store(read_only=False, fsync=options.fsync), mode="w-", attributes={MANIFEST_KEY: manifest.to_json()})
-    for g in groups:
-        sub = root.create_group(g.path, attributes={"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
-        for name, (cols, dtype, attrs) in manifest.arrays(g).items():
-            create_rows_array(sub, name, cols, dtype, manifest.codec, manifest.codec_level, steps_per_shard, attrs)
+    zstore = io.zarr_store(read_only=False, fsync=options.fsync)
+    try:
+        root = zarr.open_group(zstore, mode="w-", attributes={MANIFEST_KEY: manifest.to_json()})
+        for g in groups:
+            sub = root.create_group(g.path, attributes={"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
+            for name, (cols, dtype, attrs) in manifest.arrays(g).items():
+                create_rows_array(sub, name, cols, dtype, manifest.codec, manifest.codec_level, steps_per_shard, attrs)
+    except BaseException:
+        zstore.drain()  # Zarr's sibling writes finish before anyone clears this path
+        raise
     # The commit record last: its presence is what makes the directory a store. It pins the
     # manifest's bytes as Zarr wrote them.
     digest = read_manifest(io)[1]

@@ -14,6 +14,8 @@ Every byte goes through the store's :class:`~deltastore.storage.StoreIO`.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,13 +26,13 @@ import torch
 import zarr
 from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
 
-from ..errors import RecorderClosedError
-from ..format import INDEX_DIR, Group, Manifest, ShardEncoder, ShardLayout, write_commit
+from ..errors import DeltaStoreError, RecorderClosedError, RecordingFailedError
+from ..format import INDEX_DIR, Group, Manifest, ShardEncoder, ShardLayout, read_manifest, write_commit
 from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter
 from ..plan import TensorSpec
 from ..storage import open_io
 from .options import RecordOptions
-from .store import capacity, create_store, index_digests, open_for_append
+from .store import WRITER_LOCK, capacity, check_creatable, create_store, index_digests, open_for_append
 
 
 @dataclass
@@ -63,8 +65,10 @@ class StoreWriter:
     drives it from optimizer hooks.
     """
 
-    def __init__(self, io, manifest: Manifest, manifest_sha256: str, committed: int, options: RecordOptions, *, pin_memory: bool):
+    def __init__(self, io, manifest: Manifest, manifest_sha256: str, committed: int, options: RecordOptions, *, pin_memory: bool,
+                 lease=None):
         self.io = io
+        self._lease = lease  # the writer lock (WRITER_LOCK), held until close
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
         self.values = manifest.values
@@ -96,16 +100,34 @@ class StoreWriter:
         """Create a new store at ``location`` (a path or a StoreIO); refuses to overwrite anything."""
         options = RecordOptions.from_kwargs(options)
         io = open_io(location)
-        manifest, digest = create_store(io, specs, options)
-        return cls(io, manifest, digest, 0, options, pin_memory=pin_memory)
+        check_creatable(io)  # before taking the lock, which leaves a file behind
+        lease = io.acquire(WRITER_LOCK, _holder())
+        try:
+            manifest, digest = create_store(io, specs, options)
+            return cls(io, manifest, digest, 0, options, pin_memory=pin_memory, lease=lease)
+        except OSError as exc:
+            lease.release()
+            if isinstance(exc, DeltaStoreError):
+                raise
+            raise RecordingFailedError(f"{io.url}: creating the store failed ({exc}); nothing was committed, "
+                                       "and the path can be used again for a new store", committed_steps=0) from exc
+        except BaseException:
+            lease.release()
+            raise
 
     @classmethod
     def open_append(cls, location, options: RecordOptions | None = None, *, pin_memory: bool = False) -> "StoreWriter":
         """Reopen a store to record more steps; the uncommitted tail of a crash is dropped."""
         options = RecordOptions.from_kwargs(options)
         io = open_io(location)
-        manifest, digest, committed = open_for_append(io, options)
-        return cls(io, manifest, digest, committed, options, pin_memory=pin_memory)
+        read_manifest(io)  # a store at all, before the lock leaves a file behind
+        lease = io.acquire(WRITER_LOCK, _holder())
+        try:
+            manifest, digest, committed = open_for_append(io, options)
+            return cls(io, manifest, digest, committed, options, pin_memory=pin_memory, lease=lease)
+        except BaseException:
+            lease.release()
+            raise
 
     def _alloc(self, pin: bool) -> _StepBuffer:
         pin = pin and torch.cuda.is_available()
@@ -122,12 +144,16 @@ class StoreWriter:
         """Global index of the step being recorded now."""
         return self._next_step
 
+    def check(self) -> None:
+        """Raise the failure that stopped this recording, if one did (RecordingFailedError)."""
+        if self._error is not None:
+            raise self._error
+
     def _check_open(self) -> None:
+        if self._error is not None:  # sticky: nothing is committed after a failed commit
+            raise self._error
         if self._closed:
             raise RecorderClosedError(f"{self.io.url}: writer is closed; open the store again with mode='a' to record more steps")
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
 
     def put(self, group: Group, values: torch.Tensor, indices: torch.Tensor | None = None) -> None:
         """Encode one group's kept values (float, any device) into the current row."""
@@ -194,6 +220,9 @@ class StoreWriter:
 
     def _write(self, buf: _StepBuffer, start: int, count: int, event) -> None:
         t0 = time.perf_counter()
+        if self._error is not None:  # an earlier flush failed: never commit past it
+            buf.count, buf.index_rows = 0, []
+            raise self._error
         try:
             if event is not None:
                 event.synchronize()  # the non-blocking device->host copies have landed
@@ -209,9 +238,9 @@ class StoreWriter:
             self._commit(end, None)
             with self._lock:
                 self.committed = end
-        except BaseException as exc:  # surfaced on the training thread at the next call
-            self._error = exc
-            raise
+        except BaseException as exc:  # surfaced on the training thread at every later call
+            self._error = self._failure(exc, f"committing steps [{start}, {start + count})")
+            raise self._error from exc
         finally:
             buf.count = 0
             buf.index_rows = []
@@ -251,21 +280,52 @@ class StoreWriter:
                         if not self.io.exists(lay.key(i, j)):
                             self.io.write(lay.key(i, j), a.encoder.empty_shard(), fsync=self.fsync)
 
+    def _failure(self, exc: BaseException, what: str) -> BaseException:
+        """An I/O error as the library error that stops this recording (other errors as they are)."""
+        if not isinstance(exc, OSError) or isinstance(exc, DeltaStoreError):
+            return exc
+        err = RecordingFailedError(
+            f"{self.io.url}: recording stopped: {what} failed ({exc}); steps [0, {self.committed}) are committed and intact; "
+            f"reopen with mode='a' to resume at step {self.committed}", committed_steps=self.committed)
+        err.__cause__ = exc
+        return err
+
     def close(self, fingerprint: str | None = None) -> None:
-        """Flush, commit, record the final model's fingerprint, stop the writer thread."""
+        """Flush, commit, record the final model's fingerprint, stop the writer thread, release the store.
+
+        After a failed commit nothing more is written: the failure is raised again.
+        """
         if self._closed:
             return
         try:
             self.flush()
-            self._index.compact(self.committed, fsync=self.fsync)
-            self._commit(self.committed, fingerprint)
+            try:  # compaction is crash-safe; a failure leaves the committed steps as they are
+                self._index.compact(self.committed, fsync=self.fsync)
+                self._commit(self.committed, fingerprint)
+            except BaseException as exc:
+                self._error = self._failure(exc, "closing (compacting the index, writing the commit record)")
+                raise self._error from exc
         finally:
             self._closed = True
             self._executor.shutdown(wait=True)
+            if self._lease is not None:
+                self._lease.release()
+
+    def abort(self) -> None:
+        """Stop without committing the buffered tail (what a crash leaves) and release the store."""
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        if self._lease is not None:
+            self._lease.release()
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+def _holder() -> str:
+    """Who holds the writer lock, for another process's error message."""
+    return f"process {os.getpid()} on {socket.gethostname()} (deltastore recording since {time.strftime('%Y-%m-%d %H:%M:%S')})"
 
 
 def _buffer_dtype(values, name: str, dtype) -> torch.dtype:

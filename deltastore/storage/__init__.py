@@ -9,11 +9,11 @@ the same bytes through :class:`SeamZarrStore`, an adapter over a ``StoreIO``.
 
 from __future__ import annotations
 
-from .base import RangeFile, StoreIO, check_key
+from .base import Lease, RangeFile, StoreIO, check_key
 from .local import LocalStoreIO
 from .zarr_adapter import SeamZarrStore
 
-__all__ = ["StoreIO", "RangeFile", "LocalStoreIO", "SeamZarrStore", "check_key", "open_io"]
+__all__ = ["StoreIO", "Lease", "RangeFile", "LocalStoreIO", "SeamZarrStore", "check_key", "open_io"]
 
 
 def open_io(location) -> StoreIO:

@@ -36,6 +36,13 @@ class RangeFile(ABC):
         self.close()
 
 
+class Lease(ABC):
+    """An exclusive lock held across calls (see :meth:`StoreIO.acquire`)."""
+
+    @abstractmethod
+    def release(self) -> None: ...
+
+
 class StoreIO(ABC):
     """Bytes of one store. Missing keys raise ``FileNotFoundError`` naming the key.
 
@@ -82,7 +89,8 @@ class StoreIO(ABC):
 
     @abstractmethod
     def is_empty(self) -> bool:
-        """True when nothing is stored here yet (a new store may be created)."""
+        """True when nothing but hidden objects (names starting with '.': locks,
+        temporaries) is stored here yet: a new store may be created."""
 
     @abstractmethod
     def size(self, key: str) -> int: ...
@@ -128,6 +136,14 @@ class StoreIO(ABC):
     @abstractmethod
     def lock(self, key: str, timeout: float) -> contextlib.AbstractContextManager[None]:
         """Hold an exclusive lock named ``key`` for the block (StoreLockedError after ``timeout`` s)."""
+
+    @abstractmethod
+    def acquire(self, key: str, holder: str) -> "Lease":
+        """Take the exclusive lock ``key`` now, or raise StoreLockedError naming its holder.
+
+        Held until :meth:`Lease.release` (or the process ends): the writer rule of a
+        recording, FORMAT.md §5. ``holder`` describes the taker, for other processes' messages.
+        """
 
     # ---- zarr ---------------------------------------------------------------------
     def zarr_store(self, *, read_only: bool = True, fsync: bool = False):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import StoreLockedError
-from .base import RangeFile, StoreIO, check_key
+from .base import Lease, RangeFile, StoreIO, check_key
 
 
 class _LocalRangeFile(RangeFile):
@@ -73,7 +73,7 @@ class LocalStoreIO(StoreIO):
     def is_empty(self) -> bool:
         if not self.root.exists():
             return True
-        return self.root.is_dir() and not any(self.root.iterdir())
+        return self.root.is_dir() and not any(not e.name.startswith(".") for e in self.root.iterdir())
 
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
@@ -187,6 +187,43 @@ class LocalStoreIO(StoreIO):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
                 os.close(fd)
+
+
+    def acquire(self, key: str, holder: str) -> Lease:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                other = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            raise StoreLockedError(f"{path}: expected to be the only writer of this store, but {other} holds it; "
+                                   "one recording at a time (close the other Recorder first)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        return _LocalLease(fd)
+
+
+class _LocalLease(Lease):
+    """flock on an open file: released by release(), or by the kernel when the process ends."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def __del__(self) -> None:  # a writer dropped without close() must not hold the store forever
+        self.release()
 
 
 def _fsync_dir(path: Path) -> None:

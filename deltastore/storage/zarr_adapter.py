@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, AsyncIterator, Iterable
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
@@ -26,6 +27,8 @@ class SeamZarrStore(Store):
         super().__init__(read_only=read_only)
         self.io = io
         self.fsync = fsync
+        self._inflight = 0
+        self._idle = threading.Condition()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SeamZarrStore) and other.io is self.io and other.read_only == self.read_only
@@ -64,30 +67,56 @@ class SeamZarrStore(Store):
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.io.exists, key)
 
+    # Writes are counted while in flight: when one of Zarr's gathered writes fails, the
+    # others still run on their threads, and a caller cleaning up must wait for them (drain).
+    def _write(self, fn, *args, **kwargs):
+        with self._idle:
+            self._inflight += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait until no write of this store is in flight."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
     async def set(self, key: str, value: Buffer) -> None:
         self._check_writable()
-        await asyncio.to_thread(self.io.write, key, value.as_buffer_like(), fsync=self.fsync)
+        await asyncio.to_thread(self._write, self.io.write, key, value.as_buffer_like(), fsync=self.fsync)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         self._check_writable()
-        await asyncio.to_thread(self.io.create, key, value.as_buffer_like(), fsync=self.fsync)
+        await asyncio.to_thread(self._write, self.io.create, key, value.as_buffer_like(), fsync=self.fsync)
 
     async def delete(self, key: str) -> None:
         self._check_writable()
-        await asyncio.to_thread(self.io.delete, key)
+        await asyncio.to_thread(self._write, self.io.delete, key)
 
     async def delete_dir(self, prefix: str) -> None:
         self._check_writable()
-        await asyncio.to_thread(self.io.delete_prefix, prefix)
+        await asyncio.to_thread(self._write, self.io.delete_prefix, prefix)
 
+    # Hidden names (a segment starting with '.': locks, temporaries) are the seam's, not
+    # Zarr's: listing them would make Zarr see data in a store that has none yet.
     async def list(self) -> AsyncIterator[str]:
         for k in await asyncio.to_thread(self.io.list_prefix, ""):
-            yield k
+            if not _hidden(k):
+                yield k
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         for k in await asyncio.to_thread(self.io.list_prefix, prefix):
-            yield k
+            if not _hidden(k):
+                yield k
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         for k in await asyncio.to_thread(self.io.list_dir, prefix.rstrip("/")):
-            yield k
+            if not k.startswith("."):
+                yield k
+
+
+def _hidden(key: str) -> bool:
+    return any(part.startswith(".") for part in key.split("/"))
