@@ -2,6 +2,11 @@
 
 Subcommands that need the unlearning layer register themselves through the
 ``deltastore.commands`` entry-point group, so the engine never imports it.
+
+Exit status: 0 on success, 1 when the command fails at run time (a bad input
+file, a damaged or missing store, an I/O error -- one paragraph on stderr,
+never a traceback), 2 for usage errors (argparse's own). ``--debug`` (before
+or after the subcommand) lets the exception through with its traceback.
 """
 
 from __future__ import annotations
@@ -9,19 +14,34 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
-from .errors import DeltaStoreError
+from .errors import DeltaStoreError, InvalidArgumentError
 
 # Used only when running from a source tree that is not installed (no entry points).
 _FALLBACK_PLUGINS = ("unlearning.cli_commands:register_demo", "unlearning.cli_commands:register_forget", "unlearning.cli_commands:register_restore")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+
+def check_store_path(path: str, flag: str = "STORE") -> str:
+    """``path`` unless it names something other than a directory (a missing path is left to the
+    reader, which says that no store is there). Shared with the plugin commands."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        what = "is a file" if p.is_file() else "is not a directory"
+        raise InvalidArgumentError(f"{flag}: expected a deltastore store (a directory with zarr.json), {path} {what}")
+    return path
 
 
 def _cmd_info(args) -> int:
     from .read import StoreReader
 
-    r = StoreReader(args.store)
+    r = StoreReader(check_store_path(args.store))
     m = r.manifest
     sizes = r.nbytes_stored()
     info = {
@@ -65,7 +85,7 @@ def _cmd_info(args) -> int:
 def _cmd_verify(args) -> int:
     from .verify import verify_store
 
-    rep = verify_store(args.store, progress=not args.quiet)
+    rep = verify_store(check_store_path(args.store), progress=not args.quiet)
     if rep.ok:
         print(f"OK: {rep.committed_steps} committed steps, {rep.chunks_checked} chunk groups and {rep.index_rows} index rows checked")
         return 0
@@ -75,8 +95,9 @@ def _cmd_verify(args) -> int:
     return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, debug: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltastore", description="Record pruned training updates; forget data by subtracting them.")
+    parser.add_argument("--debug", action="store_true", help="on failure, show the Python traceback instead of a one-paragraph message")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="manifest, steps and bytes per array")
     p.add_argument("store")
@@ -86,15 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_verify)
-    for register in _plugins():
+    for register in _plugins(debug):
         register(sub)
+    # --debug after the subcommand too; SUPPRESS keeps the global flag's value when it is absent here.
+    seen = set()
+    for p in sub.choices.values():
+        if id(p) not in seen:
+            seen.add(id(p))
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback on failure")
     return parser
 
 
-def _plugins():
+def _plugins(debug: bool = False):
     found = list(entry_points(group="deltastore.commands"))
     if found:
-        return [ep.load() for ep in sorted(found, key=lambda e: e.name)]
+        out = []
+        for ep in sorted(found, key=lambda e: e.name):
+            try:
+                out.append(ep.load())
+            except Exception as exc:  # a broken plugin must not take info/verify down with it
+                if debug:
+                    raise
+                print(f"deltastore: warning: could not load the {ep.name!r} command ({ep.value}): {_describe(exc)}", file=sys.stderr)
+        return out
     out = []
     for spec in _FALLBACK_PLUGINS:
         mod, _, attr = spec.partition(":")
@@ -105,14 +140,58 @@ def _plugins():
     return out
 
 
+def _one_paragraph(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong, in one paragraph: our errors as they are; OS errors as 'path: reason'."""
+    if isinstance(exc, DeltaStoreError):
+        return _one_paragraph(str(exc)) or type(exc).__name__
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename is not None and exc.filename2 is not None:
+            return _one_paragraph(f"{exc.filename} -> {exc.filename2}: {reason}")
+        if exc.filename is not None:
+            return _one_paragraph(f"{exc.filename}: {reason}")
+        return _one_paragraph(reason)
+    return _one_paragraph(
+        f"unexpected {type(exc).__name__}: {exc} (this is a bug in deltastore; run with --debug for the traceback)"
+    )
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (``deltastore info | head``), point stdout at /dev/null so the
+    interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by something without a descriptor
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Run the command line; returns the exit status (argparse exits with 2 on usage errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(debug="--debug" in argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DeltaStoreError as exc:
-        print(f"deltastore {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"deltastore {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if args.debug:
+            raise
+        _quiet_stdout()
+        return EXIT_FAILED
+    except Exception as exc:  # the one place that turns any failure into a message and a status
+        if args.debug:
+            raise
+        print(f"deltastore {args.command}: error: {_describe(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
