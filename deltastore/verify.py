@@ -44,7 +44,7 @@ def verify_store(path: str | os.PathLike, *, progress: bool = False) -> VerifyRe
     report = VerifyReport(str(path))
     try:
         reader = StoreReader(path)
-    except DeltaStoreError as exc:
+    except (DeltaStoreError, OSError) as exc:
         report.problems.append(Problem(getattr(exc, "step", None), getattr(exc, "tensor", None), str(exc)))
         return report
     m = reader.manifest

@@ -93,3 +93,28 @@ def test_fingerprint_depends_on_names_dtypes_shapes_and_bytes():
     b = torch.zeros(2, 3)
     b[1, 2] = 1e-30
     assert fp != model_fingerprint({"w": b})
+
+
+CRAFTED = {
+    "zero int8 block": (lambda o: o["values"].update(int8_block=0), "int8_block"),
+    "zero steps per shard": (lambda o: o.update(steps_per_shard=0), "steps_per_shard"),
+    "huge steps per shard": (lambda o: o.update(steps_per_shard=10**12), "steps_per_shard"),
+    "k above n": (lambda o: o["groups"][2].update(k=10**9), "k in"),
+    "group numel disagrees with the shape": (lambda o: o["groups"][0].update(numels=[7]), "expected offset 0 and 36 elements"),
+    "tensor in two groups": (lambda o: o["groups"][1].update(tensors=["conv.weight"]), "named once"),
+    "tensor in no group": (lambda o: o["groups"].pop(), "not grouped|named once|exactly one group"),
+    "duplicate tensor": (lambda o: o["tensors"].append(dict(o["tensors"][0])), "unique"),
+    "negative shape": (lambda o: o["tensors"][0].update(shape=[-4, 1, 3, 3]), "shape"),
+    "unknown id type": (lambda o: o.update(sample_id_type="pickle"), "sample_id_type"),
+    "group id out of order": (lambda o: o["groups"][0].update(id=5), "expected id 0"),
+}
+
+
+@pytest.mark.parametrize("mutate,match", CRAFTED.values(), ids=CRAFTED.keys())
+def test_crafted_manifests_are_refused_before_use(tmp_path, mutate, match):
+    obj = json.loads(json.dumps(_manifest(PruningPlan.layerwise()).to_json()))
+    mutate(obj)
+    io = LocalStoreIO(tmp_path)
+    io.write("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"deltastore": obj}}).encode())
+    with pytest.raises(CorruptStoreError, match=match):
+        load_manifest(io)

@@ -96,3 +96,35 @@ def test_open_io_passes_a_store_io_through(tmp_path):
     assert isinstance(open_io(tmp_path), LocalStoreIO)
     (tmp_path / "file").write_bytes(b"x")
     assert not LocalStoreIO(tmp_path / "file").is_empty()  # a file where a store would go is not empty
+
+
+def test_links_fifos_and_directories_are_refused_never_followed(tmp_path):
+    import os
+
+    from deltastore.errors import CorruptStoreError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not the store's")
+    io = LocalStoreIO(tmp_path / "s")
+    io.write("g0000/values/c/0/0", b"shard")
+    os.symlink(outside, tmp_path / "s" / "ledger")  # a ledger/ that leads out of the store
+    with pytest.raises(CorruptStoreError, match="found a symbolic link"):
+        io.write("ledger/00000000-a.json", b"{}")
+    with pytest.raises(CorruptStoreError, match="found a symbolic link"):
+        io.create("ledger/00000000-a.json", b"{}")
+    with pytest.raises(CorruptStoreError, match="found a symbolic link"):
+        io.read("ledger/secret")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret"]  # nothing written outside
+    os.symlink(outside / "secret", tmp_path / "s" / "g0000" / "values" / "c" / "0" / "1")
+    with pytest.raises(CorruptStoreError, match="symbolic link"):
+        io.read("g0000/values/c/0/1")
+    os.mkfifo(tmp_path / "s" / "g0000" / "values" / "c" / "0" / "2")
+    for read in (io.read, io.open_range, io.map):  # returns at once: a FIFO never blocks a reader
+        with pytest.raises(CorruptStoreError, match="found a FIFO"):
+            read("g0000/values/c/0/2")
+    with pytest.raises(CorruptStoreError, match="found a directory"):
+        io.read("g0000/values")
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        LocalStoreIO(tmp_path / "file").read("zarr.json")

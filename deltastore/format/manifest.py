@@ -212,6 +212,58 @@ class Manifest:
                 raise
             raise CorruptStoreError(f"{where}: malformed manifest ({exc!r})") from exc
 
+    def validate(self, where: str = "manifest") -> "Manifest":
+        """Check every size and reference before anything is allocated from it.
+
+        A manifest is untrusted input: crafted sizes must give an error, not a
+        ZeroDivisionError, a MemoryError or a wrong subtraction.
+        """
+        def bad(msg: str):
+            raise CorruptStoreError(f"{where}: {msg}")
+
+        def count(value, what: str, lo: int, hi: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                bad(f"expected {what} in [{lo}, {hi}], got {value!r}")
+
+        count(self.steps_per_shard, "steps_per_shard", 1, 2**20)
+        count(self.mask_pool, "mask pool", 1, 2**16)
+        count(self.int8_block, "int8_block", 1, 2**24)
+        count(self.codec_level, "codec level", 0, 22)
+        count(self.mask_seed, "mask seed", 0, 2**64 - 1)
+        if self.sample_id_type not in ("int64", "string"):
+            bad(f"expected sample_id_type 'int64' or 'string', got {self.sample_id_type!r}")
+        specs = {}
+        for t in self.tensors:
+            if not isinstance(t.name, str) or not t.name or t.name in specs:
+                bad(f"expected unique, non-empty tensor names, got {t.name!r}")
+            if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**40 for d in t.shape) or len(t.shape) > 8:
+                bad(f"tensor {t.name}: expected a shape of at most 8 sizes in [0, 2**40], got {list(t.shape)}")
+            if t.kind not in ("parameter", "buffer"):
+                bad(f"tensor {t.name}: expected kind 'parameter' or 'buffer', got {t.kind!r}")
+            specs[t.name] = t
+        seen: set[str] = set()
+        for i, g in enumerate(self.groups):
+            if g.id != i:
+                bad(f"group {i}: expected id {i}, got {g.id}")
+            if not g.tensors or len(g.offsets) != len(g.tensors) or len(g.numels) != len(g.tensors):
+                bad(f"group {i}: expected as many offsets and numels as tensors")
+            offset = 0
+            for name, off, n in zip(g.tensors, g.offsets, g.numels):
+                if name not in specs or name in seen:
+                    bad(f"group {i}: expected tensors named once in the manifest's tensors, got {name!r}")
+                if off != offset or n != specs[name].numel:
+                    bad(f"group {i}, tensor {name}: expected offset {offset} and {specs[name].numel} elements, got {off} and {n}")
+                offset += n
+                seen.add(name)
+            count(g.k, f"group {i} k", 0, g.n)
+            if g.selection.name == "all" and g.k != g.n:
+                bad(f"group {i}: a group that keeps every value has k = n = {g.n}, got k = {g.k}")
+            if g.selection.name == "random" and len(g.tensors) != 1:
+                bad(f"group {i}: a random group holds one tensor, got {len(g.tensors)}")
+        if seen != set(specs):
+            bad(f"expected every tensor in exactly one group; not grouped: {sorted(set(specs) - seen)[:5]}")
+        return self
+
 
 def read_manifest(io) -> tuple[Manifest, str]:
     """The manifest of the store behind ``io`` and the sha256 of the bytes it came from.
@@ -233,7 +285,7 @@ def read_manifest(io) -> tuple[Manifest, str]:
         raise CorruptStoreError(f"{where}: expected {expected} with attributes, got {str(meta)[:200]!r}")
     if MANIFEST_KEY not in attrs:
         raise CorruptStoreError(f"{io.url}: Zarr group without a {MANIFEST_KEY!r} manifest attribute; not a deltastore store")
-    return Manifest.from_json(attrs[MANIFEST_KEY], where=where), sha256_of(raw)
+    return Manifest.from_json(attrs[MANIFEST_KEY], where=where).validate(where), sha256_of(raw)
 
 
 def load_manifest(io) -> Manifest:

@@ -9,22 +9,52 @@ is ``os.link`` of such a file (fails if the name exists). Locks are
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import StoreLockedError
+from ..errors import CorruptStoreError, StoreLockedError
 from .base import Lease, RangeFile, StoreIO, check_key
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of the regular file ``path``, never through a final symlink and
+    never blocking on a FIFO; CorruptStoreError for anything but a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptStoreError(f"{path}: expected a file of the store, found a symbolic link; deltastore does not follow links") from None
+        if exc.errno == errno.EISDIR:
+            raise CorruptStoreError(f"{path}: expected a file of the store, found a directory") from None
+        if exc.errno == errno.ENOTDIR:  # a file where a directory of the store should be: no such key
+            raise FileNotFoundError(errno.ENOENT, f"{path}: no such file (a parent is not a directory)") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CorruptStoreError(f"{path}: expected a regular file of the store, found {_kind(mode)}")
+    return fd
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "something that is not a regular file"
 
 
 class _LocalRangeFile(RangeFile):
     def __init__(self, path: Path, count):
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd = _open_regular(path)
         self.size = os.fstat(self._fd).st_size
         self._count = count
 
@@ -43,6 +73,26 @@ class LocalStoreIO(StoreIO):
     def __init__(self, root: str | os.PathLike):
         super().__init__()
         self.root = Path(root)
+        self._safe_dirs: set[Path] = set()  # directories already checked to be no symlinks
+
+    def _check_dirs(self, path: Path) -> None:
+        """CorruptStoreError if a directory between the root and ``path`` is a symlink
+        (a ``ledger/`` pointing elsewhere must not make writes land outside the store)."""
+        parent = path.parent
+        if parent in self._safe_dirs:
+            return
+        d = self.root
+        for part in parent.relative_to(self.root).parts:
+            d = d / part
+            if d in self._safe_dirs:
+                continue
+            try:
+                mode = os.lstat(d).st_mode
+            except FileNotFoundError:
+                return  # created below, as a directory
+            if not stat.S_ISDIR(mode):
+                raise CorruptStoreError(f"{d}: expected a directory of the store, found {_kind(mode)}; deltastore does not follow links")
+            self._safe_dirs.add(d)
 
     @property
     def url(self) -> str:
@@ -52,23 +102,32 @@ class LocalStoreIO(StoreIO):
         return self.root / check_key(key)
 
     # ---- reading ------------------------------------------------------------------
+    def _checked(self, key: str) -> Path:
+        path = self.path(key)
+        self._check_dirs(path)
+        return path
+
     def read(self, key: str) -> bytes:
-        data = self.path(key).read_bytes()
+        with os.fdopen(_open_regular(self._checked(key)), "rb") as f:
+            data = f.read()
         self._count(len(data))
         return data
 
     def open_range(self, key: str) -> RangeFile:
-        return _LocalRangeFile(self.path(key), self._count)
+        return _LocalRangeFile(self._checked(key), self._count)
 
     def map(self, key: str):
-        with open(self.path(key), "rb") as f:
+        with os.fdopen(_open_regular(self._checked(key)), "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 return b""
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
     def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
+        try:
+            return stat.S_ISREG(os.lstat(self._checked(key)).st_mode)
+        except FileNotFoundError:
+            return False
 
     def is_empty(self) -> bool:
         if not self.root.exists():
@@ -76,7 +135,7 @@ class LocalStoreIO(StoreIO):
         return self.root.is_dir() and not any(not e.name.startswith(".") for e in self.root.iterdir())
 
     def size(self, key: str) -> int:
-        return self.path(key).stat().st_size
+        return os.lstat(self._checked(key)).st_size
 
     def list_dir(self, prefix: str = "") -> list[str]:
         base = self.path(prefix) if prefix else self.root
@@ -99,7 +158,7 @@ class LocalStoreIO(StoreIO):
 
     @contextlib.contextmanager
     def writer(self, key: str, *, fsync: bool = False) -> Iterator[BinaryIO]:
-        path = self.path(key)
+        path = self._checked(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp(path)
         try:
@@ -116,7 +175,7 @@ class LocalStoreIO(StoreIO):
             _fsync_dir(path.parent)
 
     def create(self, key: str, data, *, fsync: bool = False) -> bool:
-        path = self.path(key)
+        path = self._checked(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp(path)
         try:
@@ -168,9 +227,9 @@ class LocalStoreIO(StoreIO):
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: float) -> Iterator[None]:
-        path = self.path(key)
+        path = self._checked(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -190,9 +249,9 @@ class LocalStoreIO(StoreIO):
 
 
     def acquire(self, key: str, holder: str) -> Lease:
-        path = self.path(key)
+        path = self._checked(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
