@@ -21,8 +21,10 @@ import pyarrow.parquet as pq
 
 from ..errors import InvalidArgumentError, UnknownSampleIdsError
 from ..storage import StoreIO
+from .coverage import MissingIndexObjectError, PlannedPart, plan_parts
+from .digests import DigestMap, DigestSource, check_digest, digests_from_json
 from .ids import check_id_type, parse_sample_ids, unique_int
-from .parts import PartRef, check_step, check_step_range, join_key, list_index, open_part
+from .parts import check_step, check_step_range, check_steps, join_key, list_index, open_part, parquet_errors
 from .sidecar import Query, Sidecar
 
 __all__ = ["SampleIndex"]
@@ -41,15 +43,23 @@ class _Part:
     """One opened part: its sidecar when it has one, else its Parquet footer.
 
     A part with a sidecar maps only the sidecar at open; its Parquet file is
-    mapped and its footer parsed when a full scan first needs them.
+    mapped, checked and its footer parsed when a full scan first needs them.
+    Bytes are checked before use: against the commit record's digest when
+    there is one, else the sidecar against its own body checksum and the
+    Parquet pages against their page CRCs.
     """
 
-    def __init__(self, io: StoreIO, ref: PartRef, id_type: str, prefix: str, with_sidecar: bool):
-        self.ref, self.id_type, self._io = ref, id_type, io
+    def __init__(self, io: StoreIO, plan: PlannedPart, id_type: str, prefix: str):
+        ref = plan.ref
+        self.ref, self.id_type, self._io, self._digest = ref, id_type, io, plan.digest
         self.sidecar: Sidecar | None = None
-        if with_sidecar:
-            key = join_key(prefix, ref.sidecar_name)
-            self.sidecar = Sidecar(io.map(key), ref.sidecar_name, id_type, ref.first, ref.end)
+        if plan.has_sidecar:
+            buffer = io.map(join_key(prefix, ref.sidecar_name))
+            if plan.sidecar_digest is not None:
+                check_digest(buffer, plan.sidecar_digest, ref.sidecar_name)
+            self.sidecar = Sidecar(buffer, ref.sidecar_name, id_type, ref.first, ref.end)
+            if plan.sidecar_digest is None:
+                self.sidecar.check_body()  # no commit-record digest: the sidecar's own CRC-32 (~3 GB/s)
         self._file: pq.ParquetFile | None = None
         if self.sidecar is None:
             _ = self.file  # no sidecar: the footer's statistics drive every lookup, check it now
@@ -61,22 +71,36 @@ class _Part:
     @property
     def file(self) -> pq.ParquetFile:
         if self._file is None:
-            self._file = open_part(self._io, self.ref, self.id_type)
-            md = self._file.metadata
-            self.rg_rows, self.sid_min, self.sid_max, self.step_min, self.step_max = [], [], [], [], []
-            for i in range(md.num_row_groups):
-                rg = md.row_group(i)
-                self.rg_rows.append(rg.num_rows)
-                s0, s1 = rg.column(0).statistics, rg.column(1).statistics
-                has0 = s0 is not None and s0.has_min_max
-                has1 = s1 is not None and s1.has_min_max
-                self.sid_min.append(s0.min if has0 else None)  # None: no statistics, never pruned
-                self.sid_max.append(s0.max if has0 else None)
-                self.step_min.append(s1.min if has1 else self.ref.first)
-                self.step_max.append(s1.max if has1 else self.ref.end - 1)
-                if rg.num_rows and has1:
-                    check_step_range(self.ref, s1.min, s1.max)
+            self._file = open_part(self._io, self.ref, self.id_type, digest=self._digest)
+            with parquet_errors(self.ref.name):
+                self._footer(self._file.metadata)
         return self._file
+
+    def _footer(self, md: pq.FileMetaData) -> None:
+        """Row counts and statistics of every row group (statistics prune the pyarrow route's reads).
+
+        Statistics are used only when the part's digest was checked: no page
+        CRC covers the footer, and a flipped byte in a min or max would skip a
+        row group that holds a queried id (measured: 1-2 % of single-byte flips
+        in a small part's file did). Worse, pyarrow 26 aborts the process on
+        some damaged statistics (a C++ exception thrown through ``.statistics``:
+        6 of 2,456 flips of a footer). Without a digest they are not touched
+        and every row group is read.
+        """
+        trusted = self._digest is not None
+        self.rg_rows, self.sid_min, self.sid_max, self.step_min, self.step_max = [], [], [], [], []
+        for i in range(md.num_row_groups):
+            rg = md.row_group(i)
+            self.rg_rows.append(rg.num_rows)
+            s0, s1 = (rg.column(0).statistics, rg.column(1).statistics) if trusted else (None, None)
+            has0 = s0 is not None and s0.has_min_max
+            has1 = s1 is not None and s1.has_min_max
+            self.sid_min.append(s0.min if has0 else None)  # None: no statistics, never pruned
+            self.sid_max.append(s0.max if has0 else None)
+            self.step_min.append(s1.min if has1 else self.ref.first)
+            self.step_max.append(s1.max if has1 else self.ref.end - 1)
+            if rg.num_rows and has1:
+                check_step_range(self.ref, s1.min, s1.max)
 
     # -- the pyarrow route
 
@@ -85,7 +109,7 @@ class _Part:
         out = []
         numeric = isinstance(q, np.ndarray)
         for i, (lo, hi) in enumerate(zip(self.sid_min, self.sid_max)):
-            if self.rg_rows[i] == 0:
+            if self.rg_rows[i] == 0 and self._digest is not None:  # an unchecked footer's row counts can lie too
                 continue
             if numeric:
                 a = 0 if lo is None else int(np.searchsorted(q, lo, "left"))
@@ -97,8 +121,17 @@ class _Part:
                 out.append(i)
         return out
 
-    def _read(self, groups: list[int], columns: list[str]) -> pa.Table:
-        return self.file.read_row_groups(groups, columns=columns, use_threads=True)
+    def _read(self, groups: list[int] | None, columns: list[str]) -> pa.Table:
+        """Row groups (all for None) of the Parquet part; the steps read checked against its range."""
+        f = self.file
+        with parquet_errors(self.ref.name):
+            if groups is None:
+                table = f.read(columns=columns, use_threads=True)
+            else:
+                table = f.read_row_groups(groups, columns=columns, use_threads=True)
+        if "step" in columns:
+            check_steps(self.ref, table.column("step"))
+        return table
 
     def lookup(self, query: Query, committed: int) -> tuple[np.ndarray, np.ndarray]:
         """(steps < committed of rows whose id is queried, positions in ``query.ids`` of the ids seen)."""
@@ -125,7 +158,8 @@ class _Part:
         if self.sidecar is not None:
             return self.sidecar.samples_at(step)
         _ = self.file
-        groups = [i for i, n in enumerate(self.rg_rows) if n and self.step_min[i] <= step <= self.step_max[i]]
+        trusted = self._digest is not None
+        groups = [i for i, n in enumerate(self.rg_rows) if (n or not trusted) and self.step_min[i] <= step <= self.step_max[i]]
         if not groups:
             return np.empty(0, dtype=np.int64) if self.id_type == "int64" else []
         table = self._read(groups, ["sample_id", "step"])
@@ -136,7 +170,7 @@ class _Part:
 
     def rows(self, committed: int, columns: tuple[str, ...] = ("sample_id", "step")) -> list[Any]:
         """Committed rows, one array per column (NumPy for integers, pyarrow for strings)."""
-        table = self.file.read(columns=list(dict.fromkeys(("step", *columns))), use_threads=True)
+        table = self._read(None, list(dict.fromkeys(("step", *columns))))
         if self.ref.end > committed:
             table = table.filter(pc.less(table.column("step"), committed))
         out = []
@@ -149,7 +183,7 @@ class _Part:
         """Committed rows of this part."""
         if self.ref.end <= committed:
             return self.file.metadata.num_rows
-        steps = self.file.read(columns=["step"]).column("step")
+        steps = self._read(None, ["step"]).column("step")
         return int(pc.sum(pc.less(steps, committed)).as_py() or 0)
 
 
@@ -167,15 +201,26 @@ class SampleIndex:
         invisible.
     prefix
         Where the parts live in the store (``"index"``).
+    digests
+        The commit record's digests of the index objects (store key ->
+        :class:`~deltastore.index.Digest` or its JSON form), or a callable
+        returning them (called again, once, when a listed object has vanished:
+        a concurrent compaction committed a new record). None for a store
+        written before digests.
 
     Notes
     -----
-    Keys have no folders: nothing under ``prefix`` is an empty index (steps
-    without rows are what :func:`deltastore.verify_store` reports). Parts are
-    listed and opened (the sidecar, or else the Parquet footer) on
-    first use and kept until :meth:`close`. Committed rows never change, so
-    when a concurrent compaction removes a part before it is read, the reader
-    lists again and reads the part that replaced it.
+    Every committed step must lie in a part: a committed step range that no
+    part covers is a :class:`~deltastore.errors.CorruptStoreError` naming it
+    (absence is never data). With ``digests``, the parts read are exactly the
+    recorded ones, every byte checked against its digest before use (a
+    sidecar when the part is opened, the Parquet file when a full scan or the
+    pyarrow route first needs it); without, sidecars are checked against
+    their own CRC-32 and Parquet pages against their page CRCs. Rules:
+    FORMAT.md §6.2. Parts are listed and opened on first use and kept until
+    :meth:`close`. Committed rows never change, so when a concurrent
+    compaction removes a part before it is read, the reader lists again and
+    reads the part that replaced it.
 
     Examples
     --------
@@ -184,7 +229,9 @@ class SampleIndex:
     >>> steps, unknown = index.lookup([4, 8, 15])                 # doctest: +SKIP
     """
 
-    def __init__(self, io: StoreIO, id_type: str, committed_steps: int, *, prefix: str = "index"):
+    def __init__(
+        self, io: StoreIO, id_type: str, committed_steps: int, *, prefix: str = "index", digests: DigestSource = None
+    ):
         if not isinstance(io, StoreIO):
             raise InvalidArgumentError(
                 f"Expected a StoreIO for the store (deltastore.storage.open_io(store_root)). Got {type(io).__name__}."
@@ -192,6 +239,8 @@ class SampleIndex:
         self._io, self._prefix = io, prefix
         self._id_type = check_id_type(id_type)
         self._committed = check_step(committed_steps, "committed_steps")
+        self._digest_source = digests
+        self._digests: DigestMap | None = None if callable(digests) else digests_from_json(digests)
         self._parts: list[_Part] | None = None
 
     @property
@@ -204,23 +253,37 @@ class SampleIndex:
         """The commit counter this reader was opened at."""
         return self._committed
 
+    @property
+    def digests(self) -> DigestMap | None:
+        """The commit record's digests this reader checks against (None: a store written before digests)."""
+        if callable(self._digest_source) and self._digests is None:
+            self._digests = digests_from_json(self._digest_source())
+        return self._digests
+
     def _open(self) -> list[_Part]:
         return self._each(lambda part: part)
 
+    def _load(self) -> list[_Part]:
+        listing = list_index(self._io, self._prefix)
+        where = self._io.where(self._prefix.strip("/"))
+        plan = plan_parts(listing, self._committed, self._prefix, where, self.digests)
+        return [_Part(self._io, p, self._id_type, self._prefix) for p in plan]
+
     def _each(self, fn: Callable[[_Part], Any]) -> list[Any]:
-        """``fn`` of every live part holding committed steps, listing again if a part vanished."""
+        """``fn`` of every part holding committed steps, listing again if a part vanished."""
         for attempt in range(3):
             try:
                 if self._parts is None:
-                    listing = list_index(self._io, self._prefix)
-                    self._parts = [
-                        _Part(self._io, r, self._id_type, self._prefix, r.name in listing.sidecars)
-                        for r in listing.live
-                        if r.first < self._committed
-                    ]
+                    self._parts = self._load()
                 return [fn(p) for p in self._parts]
-            except FileNotFoundError:  # a concurrent compaction replaced a part: list again
+            except (FileNotFoundError, MissingIndexObjectError) as exc:
+                # A concurrent compaction replaced a part: list again. With digests, only a
+                # re-read commit record can name the new part; a fixed record cannot.
                 self._parts = None
+                if isinstance(exc, MissingIndexObjectError) and not callable(self._digest_source):
+                    raise
+                if callable(self._digest_source):
+                    self._digests = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -267,6 +330,21 @@ class SampleIndex:
         for p in self._open():
             if p.sidecar is not None:
                 p.sidecar.check_body()
+
+    def check(self) -> None:
+        """Check every byte of every part holding committed steps; CorruptStoreError names a bad one.
+
+        Opening already checks coverage and every sidecar; this also checks
+        each Parquet part: against its digest, or (a store written before
+        digests) by decoding every page (page CRCs where written) and checking
+        every row's step against the part's range.
+        """
+        def one(p: _Part) -> None:
+            _ = p.file
+            if p._digest is None:
+                p.rows(self._committed, ("sample_id", "step", "epoch"))
+
+        self._each(one)
 
     # -- queries
 
@@ -357,7 +435,7 @@ class SampleIndex:
         """Every committed step with rows mapped to its sorted unique ids (reads everything)."""
         pairs = self._each(lambda p: p.rows(self._committed))
         sids, steps = [p[0] for p in pairs], [p[1] for p in pairs]
-        if not steps:
+        if not sum(len(s) for s in steps):  # no part, or parts of steps without rows
             return {}
         step = np.concatenate(steps)
         if self._id_type == "int64":

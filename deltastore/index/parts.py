@@ -6,8 +6,10 @@ is ``<prefix>/part-{first:012d}-{end:012d}-{uuid8}.parquet``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,18 +20,21 @@ import pyarrow.parquet as pq
 
 from ..errors import CorruptStoreError, FormatVersionError, InvalidArgumentError
 from ..storage import StoreIO
+from .digests import Digest, DigestingFile, check_digest
 from .ids import check_id_type
 
 __all__ = [
     "COLUMNS", "COMPRESSIONS", "ID_TYPE_KEY", "INDEX_VERSION", "STEP_LIMIT", "VERSION_KEY",
-    "Listing", "PartRef", "check_step", "check_step_range", "declares_sort", "index_schema", "join_key", "list_index",
-    "open_part", "parse_part_name", "part_name", "read_part_table", "sort_dedupe", "write_part",
+    "Listing", "PartRef", "check_step", "check_step_range", "check_steps", "declares_sort", "index_schema", "join_key",
+    "list_index", "open_part", "parquet_errors", "parse_part_name", "parse_sidecar_name", "part_name", "read_part_table",
+    "sort_dedupe", "write_part",
 ]
 
 INDEX_VERSION = "1"
 VERSION_KEY = "deltastore.index_version"
 ID_TYPE_KEY = "deltastore.id_type"
 COLUMNS = ("sample_id", "step", "epoch")
+PARQUET_MAGIC = b"PAR1"
 COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "brotli")
 # 12 decimal digits in part names; the largest step must leave room for end = step + 1.
 STEP_LIMIT = 10**12 - 1
@@ -87,6 +92,12 @@ def parse_part_name(name: str) -> tuple[int, int] | None:
         return None
     first, end = int(m.group(1)), int(m.group(2))
     return (first, end) if first < end else None
+
+
+def parse_sidecar_name(name: str) -> str | None:
+    """The part file name a sidecar file name belongs to, or None for any other name."""
+    m = _SIDECAR_RE.match(name)
+    return None if m is None else m.group(1) + ".parquet"
 
 
 @dataclass(frozen=True)
@@ -160,35 +171,62 @@ def _parquet_options(id_type: str, compression: str | None, row_group_size: int)
         use_dictionary=False,
         sorting_columns=[pq.SortingColumn(0), pq.SortingColumn(1)],
         compression=compression or "none",
+        # A CRC-32 of every page (readers open parts with page_checksum_verification): covers the
+        # page bytes of parts read without a commit-record digest. Page headers and the footer
+        # are covered only by the part's digest (FORMAT.md §6.2).
+        write_page_checksum=True,
         column_encoding={"sample_id": sid_encoding, "step": "DELTA_BINARY_PACKED", "epoch": "DELTA_BINARY_PACKED"},
     )
 
 
 def write_part(
     io: StoreIO, key: str, table: pa.Table, *, id_type: str, compression: str | None, row_group_size: int, fsync: bool
-) -> None:
-    """Write a sorted, deduplicated table as the part ``key`` (atomically, through the seam)."""
+) -> Digest:
+    """Write a sorted, deduplicated table as the part ``key`` (atomically, through the seam); its digest."""
     with io.writer(key, fsync=fsync) as f:
-        pq.write_table(table, f, **_parquet_options(id_type, compression, row_group_size))
+        out = DigestingFile(f)
+        pq.write_table(table, out, **_parquet_options(id_type, compression, row_group_size))
+    return out.digest
 
 
-def open_part(io: StoreIO, ref: PartRef, id_type: str, buffer: Any = None) -> pq.ParquetFile:
-    """Open a part (from ``buffer``, else ``io.map``) and check its footer against the store.
+@contextlib.contextmanager
+def parquet_errors(name: str) -> Iterator[None]:
+    """Turn what pyarrow raises for damaged bytes (bad page CRC, undecodable pages) into CorruptStoreError naming the part."""
+    try:
+        yield
+    except (CorruptStoreError, FormatVersionError):
+        raise
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
+        # Only ever applied to a buffer already in memory: an OSError here is pyarrow's, not the store's.
+        raise CorruptStoreError(f"Index part {name} is damaged: {type(exc).__name__}: {exc}") from exc
+
+
+def open_part(io: StoreIO, ref: PartRef, id_type: str, buffer: Any = None, *, digest: Digest | None = None) -> pq.ParquetFile:
+    """Open a part (from ``buffer``, else ``io.map``) and check it against the store.
+
+    With ``digest`` (from the commit record) every byte is checked first; pages
+    are checked against their own CRCs whenever they are read either way.
 
     Raises
     ------
     CorruptStoreError
-        Not Parquet, or a schema or id type other than the store's; names the part.
+        Bytes that fail the digest, not Parquet, or a schema or id type other
+        than the store's; names the part.
     FormatVersionError
         An index version this code does not read.
     """
     if buffer is None:
         buffer = io.map(ref.key)
+    if digest is not None:
+        check_digest(buffer, digest, ref.name)
+    if bytes(buffer[:4]) != PARQUET_MAGIC:  # pyarrow reads from the footer and never looks at the leading magic
+        raise CorruptStoreError(f"Index part {ref.name} is not a Parquet file: expected {PARQUET_MAGIC!r} at its start.")
     try:
-        pf = pq.ParquetFile(pa.BufferReader(buffer))
-    except (pa.ArrowException, OSError) as exc:
+        pf = pq.ParquetFile(pa.BufferReader(buffer), page_checksum_verification=True)
+        kv = pf.metadata.metadata or {}
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError, ValueError, IndexError) as exc:
         raise CorruptStoreError(f"Index part {ref.name} is not a readable Parquet file: {exc}") from exc
-    kv = pf.metadata.metadata or {}
     version = kv.get(VERSION_KEY.encode())
     if version is None:
         raise CorruptStoreError(f"Index part {ref.name} lacks the {VERSION_KEY} metadata key.")
@@ -199,9 +237,8 @@ def open_part(io: StoreIO, ref: PartRef, id_type: str, buffer: Any = None) -> pq
         )
     got_type = kv.get(ID_TYPE_KEY.encode(), b"").decode(errors="replace")
     expected = index_schema(id_type)
-    schema = pf.schema_arrow
     if got_type != id_type or schema.names != list(COLUMNS) or any(
-        schema.field(c).type != expected.field(c).type for c in COLUMNS
+        schema.field(c).type != expected.field(c).type or schema.field(c).nullable for c in COLUMNS
     ):
         raise CorruptStoreError(
             f"Index part {ref.name} does not match the store: expected {id_type} ids with schema "
@@ -223,17 +260,32 @@ def check_step_range(ref: PartRef, lo: Any, hi: Any) -> None:
     """CorruptStoreError unless steps ``[lo, hi]`` lie in the part's range."""
     if lo < ref.first or hi >= ref.end:
         raise CorruptStoreError(
-            f"Index part {ref.name} holds steps [{lo}, {hi}] outside its range [{ref.first}, {ref.end})."
+            f"Index part {ref.name} holds steps [{lo}, {hi}] outside its range [{ref.first}, {ref.end}).",
+            step=int(lo) if lo < ref.first else int(hi),
         )
 
 
-def read_part_table(io: StoreIO, ref: PartRef, id_type: str) -> pa.Table:
-    """All rows of one part, sorted and deduplicated, with the pinned schema (for truncate and compact)."""
-    pf = open_part(io, ref, id_type)
-    table = pf.read(columns=list(COLUMNS))
-    steps = table.column("step")
-    if len(steps):
-        check_step_range(ref, pc.min(steps).as_py(), pc.max(steps).as_py())
+def check_steps(ref: PartRef, steps: Any) -> None:
+    """CorruptStoreError unless every step read (NumPy or Arrow) lies in the part's range."""
+    if len(steps) == 0:
+        return
+    if isinstance(steps, np.ndarray):
+        check_step_range(ref, steps.min(), steps.max())
+        return
+    mm = pc.min_max(steps).as_py()
+    check_step_range(ref, mm["min"], mm["max"])
+
+
+def read_part_table(io: StoreIO, ref: PartRef, id_type: str, *, digest: Digest | None = None) -> pa.Table:
+    """All rows of one part, sorted and deduplicated, with the pinned schema (for truncate and compact).
+
+    ``digest`` (the commit record's) is checked first: a damaged part is never
+    merged into a new one with a fresh, valid digest.
+    """
+    pf = open_part(io, ref, id_type, digest=digest)
+    with parquet_errors(ref.name):
+        table = pf.read(columns=list(COLUMNS))
+    check_steps(ref, table.column("step"))
     table = pa.Table.from_arrays([table.column(c) for c in COLUMNS], schema=index_schema(id_type))
     return table if declares_sort(pf.metadata) else sort_dedupe(table)
 

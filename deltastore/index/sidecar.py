@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from ..errors import CorruptStoreError, FormatVersionError
 from ..storage import StoreIO
+from .digests import Digest, DigestingFile
 from .ids import hash_strings
 
 __all__ = ["HEADER", "MAGIC", "SIDECAR_VERSION", "Query", "Sidecar", "gather_ranges", "write_sidecar"]
@@ -66,6 +67,9 @@ def _sections(table: pa.Table, first: int, end: int, id_type: str) -> list[Any]:
         starts = np.r_[np.flatnonzero(new), n].astype("<i8")
         rel = step - first
         strings = []
+    elif n == 0:  # a part of steps without rows
+        keys, starts, rel = np.empty(0, "<u8"), np.zeros(1, "<i8"), step
+        strings = [np.zeros(1, "<i8"), np.empty(0, np.uint8)]
     else:
         new = pc.not_equal(sid.slice(1), sid.slice(0, max(n - 1, 0))).to_numpy(zero_copy_only=False) if n > 1 else None
         new = np.r_[True, new] if new is not None else np.ones(n, dtype=bool)
@@ -86,8 +90,8 @@ def _sections(table: pa.Table, first: int, end: int, id_type: str) -> list[Any]:
     return [keys, starts, rel.astype("<u4" if width == 4 else "<u8"), *strings]
 
 
-def write_sidecar(io: StoreIO, key: str, table: pa.Table, first: int, end: int, *, id_type: str, fsync: bool) -> None:
-    """Write the sidecar of a sorted, deduplicated part table (atomically, through the seam)."""
+def write_sidecar(io: StoreIO, key: str, table: pa.Table, first: int, end: int, *, id_type: str, fsync: bool) -> Digest:
+    """Write the sidecar of a sorted, deduplicated part table (atomically, through the seam); its digest."""
     sections = _sections(table, first, end, id_type)
     keys, _, steps = sections[:3]
     body = []
@@ -104,9 +108,11 @@ def write_sidecar(io: StoreIO, key: str, table: pa.Table, first: int, end: int, 
     head = HEADER.pack(MAGIC, SIDECAR_VERSION, kind, steps.itemsize, len(keys), len(steps), first, end, nbytes_str, crc, 0)
     head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
     with io.writer(key, fsync=fsync) as f:
-        f.write(head)
+        out = DigestingFile(f)
+        out.write(head)
         for b in body:
-            f.write(b)
+            out.write(b)
+    return out.digest
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,13 @@ class Sidecar:
         """(steps < committed of rows whose id is queried, positions in ``query.ids`` of the ids seen)."""
         qpos, entry = self._entries(query)
         lo, hi = self.starts[entry], self.starts[entry + 1]
-        steps = self.steps[gather_ranges(lo, hi)].astype(np.int64) + self.first
+        rel = self.steps[gather_ranges(lo, hi)]
+        if len(rel) and int(rel.max()) >= self.end - self.first:  # every row read lies in the part's range
+            raise CorruptStoreError(
+                f"Index sidecar {self.name} holds step {self.first + int(rel.max())} outside its range "
+                f"[{self.first}, {self.end}).", step=self.first + int(rel.max()),
+            )
+        steps = rel.astype(np.int64) + self.first
         if self.end > committed:
             # Steps ascend within an id: the first row of each id holds its earliest step.
             qpos = qpos[self.steps[lo] + self.first < committed]

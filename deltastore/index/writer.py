@@ -5,11 +5,18 @@ is visible always has its sidecar, and a crash between the two leaves only an
 orphan sidecar, which :meth:`IndexWriter.truncate` and :meth:`IndexWriter.compact`
 delete. Deleting goes the other way (part, then sidecar); a part without a
 sidecar is still read correctly, through pyarrow.
+
+The writer digests every object as it writes it (:meth:`IndexWriter.digests`,
+for the commit record). Given the digests of the last commit record, it
+treats exactly the recorded parts as the index, checks a part's digest before
+it reads it (a damaged part is never merged into a new one with a valid
+digest), and deletes a recorded part only after the ``commit`` callback has
+recorded its replacement.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,14 +25,18 @@ import pyarrow.compute as pc
 
 from ..errors import InvalidArgumentError
 from ..storage import StoreIO
+from .coverage import MissingIndexObjectError
+from .digests import Digest, DigestMap, digest_of, digests_from_json
 from .ids import check_id_type, parse_sample_ids
 from .parts import (
-    COMPRESSIONS, STEP_LIMIT, PartRef, check_step, index_schema, join_key, list_index, open_part, part_name,
-    read_part_table, sort_dedupe, write_part,
+    COMPRESSIONS, STEP_LIMIT, Listing, PartRef, check_step, check_steps, index_schema, join_key, list_index, open_part,
+    parquet_errors, parse_part_name, parse_sidecar_name, part_name, read_part_table, sort_dedupe, write_part,
 )
-from .sidecar import write_sidecar
+from .sidecar import Sidecar, write_sidecar
 
 __all__ = ["IndexWriter"]
+
+CommitHook = Callable[[DigestMap], None]
 
 _INT32_MAX = 2**31 - 1
 _MAX_ROW_GROUP = 1 << 27
@@ -58,13 +69,22 @@ class IndexWriter:
     sidecar_min_rows
         Parts of at least this many rows get a lookup sidecar (default: every
         part). Stores use :data:`STORE_SIDECAR_MIN_ROWS`.
+    digests
+        The index digests of the store's commit record (store key ->
+        :class:`~deltastore.index.Digest` or its JSON form), or None for an
+        index without them (written before digests, or not part of a store).
+        With them, the recorded parts *are* the index: each must exist, and
+        any other part is crash garbage that :meth:`truncate` and
+        :meth:`compact` delete.
 
     Notes
     -----
     One writer per index. Steps are appended in order: :meth:`add` refuses a
     step below the end of the parts already flushed. After a crash, open a new
     writer and call :meth:`truncate` with the store's committed step count
-    before adding steps again.
+    before adding steps again. Parts tile the steps: a part starts where the
+    previous one ended (a step without rows still lies in a part), so a
+    reader can tell a missing part from steps without rows.
     """
 
     def __init__(
@@ -76,6 +96,7 @@ class IndexWriter:
         row_group_size: int = 65536,
         compression: str | None = "zstd",
         sidecar_min_rows: int = 0,
+        digests: Mapping[str, Any] | None = None,
     ):
         if not isinstance(io, StoreIO):
             raise InvalidArgumentError(
@@ -99,10 +120,44 @@ class IndexWriter:
             raise InvalidArgumentError(f"Expected sidecar_min_rows to be an integer >= 0. Got {sidecar_min_rows!r} instead.")
         self._sidecar_min_rows = sidecar_min_rows
         self._clear_buffer()
-        live = list_index(io, prefix).live
+        # Digests of every object this writer knows (written, recorded, or adopted): store key -> digest.
+        self._known: DigestMap = {}
+        # The recorded parts (name -> ref) when the index has a commit record; None: the listing decides.
+        self._recorded: dict[str, PartRef] | None = None
+        if digests is not None:
+            self._adopt_record(digests_from_json(digests))
+            live = sorted(self._recorded.values())
+        else:
+            live = list_index(io, prefix).live
         if live:  # one footer: catches a writer opened with the wrong id type early
-            open_part(io, live[-1], self._id_type)
+            open_part(io, live[-1], self._id_type, digest=self._known.get(live[-1].key))
         self._end = max((r.end for r in live), default=0)
+
+    def _adopt_record(self, digests: DigestMap) -> None:
+        """Take the commit record's digests as the index (checked present, not yet read)."""
+        folder = self._prefix.strip("/")
+        recorded, known = {}, {}
+        for key, digest in digests.items():
+            head, _, name = key.rpartition("/")
+            if head != folder:
+                continue
+            rng = parse_part_name(name)
+            if rng is not None:
+                recorded[name] = PartRef(rng[0], rng[1], name, key)
+            elif parse_sidecar_name(name) is None:
+                raise InvalidArgumentError(f"Expected index digests of parts and sidecars under {folder!r}. Got key {key!r}.")
+            known[key] = digest
+        self._recorded, self._known = recorded, known
+        self._check_present({join_key(self._prefix, n) for n in self._io.list_dir(folder)})
+
+    def _check_present(self, present: set[str]) -> None:
+        """MissingIndexObjectError unless every object of the record is in ``present`` (store keys)."""
+        missing = sorted(k for k in self._known if k not in present)
+        if missing:
+            raise MissingIndexObjectError(
+                f"Index at {self._io.where(self._prefix.strip('/'))}: {len(missing)} object(s) the commit record "
+                f"lists are missing: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}."
+            )
 
     @property
     def io(self) -> StoreIO:
@@ -130,6 +185,7 @@ class IndexWriter:
         return int(sum(self._counts))
 
     def _clear_buffer(self) -> None:
+        self._added_end: int | None = None  # one past the largest step added, rows or not
         self._steps: list[int] = []
         self._epochs: list[int] = []
         self._counts: list[int] = []
@@ -163,6 +219,8 @@ class IndexWriter:
                 f"call truncate() first to rewrite recorded steps."
             )
         ids = parse_sample_ids(sample_ids, self._id_type)  # a SampleIds owns immutable values: no copy
+        # A step without ids still extends the next part's range: parts tile the steps.
+        self._added_end = max(self._added_end or 0, step + 1)
         if len(ids) == 0:
             return
         self._steps.append(step)
@@ -171,6 +229,8 @@ class IndexWriter:
         self._ids.append(ids.values)
 
     def _buffer_table(self) -> pa.Table:
+        if not self._counts:  # steps without rows: an empty part still covers them
+            return index_schema(self._id_type).empty_table()
         counts = np.asarray(self._counts, dtype=np.int64)
         steps = np.repeat(np.asarray(self._steps, dtype=np.int64), counts)
         epochs = np.repeat(np.asarray(self._epochs, dtype=np.int32), counts)
@@ -191,9 +251,9 @@ class IndexWriter:
                 break
         with_sidecar = table.num_rows >= self._sidecar_min_rows
         if with_sidecar:
-            write_sidecar(self._io, side, table, first, end, id_type=self._id_type, fsync=fsync)
+            side_digest = write_sidecar(self._io, side, table, first, end, id_type=self._id_type, fsync=fsync)
         try:
-            write_part(
+            digest = write_part(
                 self._io, ref.key, table, id_type=self._id_type, compression=compression,
                 row_group_size=self._row_group_size, fsync=fsync,
             )
@@ -201,6 +261,11 @@ class IndexWriter:
             if with_sidecar:
                 self._io.delete(side)
             raise
+        if with_sidecar:
+            self._known[side] = side_digest
+        self._known[ref.key] = digest
+        if self._recorded is not None:
+            self._recorded[name] = ref
         return ref.key
 
     def flush(self, *, fsync: bool = False, first_step: int | None = None, end_step: int | None = None) -> str | None:
@@ -211,23 +276,27 @@ class IndexWriter:
         fsync
             Make the part and its sidecar durable before returning.
         first_step, end_step
-            The part's step range; default ``[min step, max step + 1)`` of the
-            buffered rows. An explicit range must contain the rows and start
-            at or after ``end_step`` of the writer.
+            The part's step range; default ``[end_step of the writer, max
+            step + 1)``: parts tile the steps. An explicit range must contain
+            the rows and start at or after ``end_step`` of the writer. With
+            both given, a part is written even without rows (steps without
+            rows still lie in a part: a reader tells them from a lost part).
 
         Returns
         -------
         str or None
-            The new part's store key, or None when nothing was buffered.
+            The new part's store key, or None when nothing was buffered (and
+            no explicit range given).
         """
-        if not self._counts:
+        explicit = first_step is not None and end_step is not None
+        if self._added_end is None and not explicit:
             return None
-        lo, hi = min(self._steps), max(self._steps) + 1
-        first = lo if first_step is None else check_step(first_step, "first_step")
-        end = hi if end_step is None else check_step(end_step, "end_step")
-        if not (self._end <= first <= lo and hi <= end):
+        first = self._end if first_step is None else check_step(first_step, "first_step")
+        end = (self._added_end or first + 1) if end_step is None else check_step(end_step, "end_step")
+        lo, hi = (min(self._steps), max(self._steps) + 1) if self._counts else (first, first)
+        if not (self._end <= first <= lo and hi <= end and first < end):
             raise InvalidArgumentError(
-                f"Expected a part range [first_step, end_step) inside [{self._end}, {STEP_LIMIT}] that "
+                f"Expected a non-empty part range [first_step, end_step) inside [{self._end}, {STEP_LIMIT}] that "
                 f"contains the buffered steps [{lo}, {hi}). Got [{first}, {end})."
             )
         key = self._write(self._buffer_table(), first, end, fsync=fsync, compression=self._compression)
@@ -235,10 +304,48 @@ class IndexWriter:
         self._end = end
         return key
 
+    # -- what the index is: the recorded parts, or (no commit record) the listing
+
+    def _view(self) -> tuple[list[PartRef], set[str], list[PartRef], list[str]]:
+        """(live parts, names of live parts with a usable sidecar, garbage parts, garbage file names).
+
+        Garbage is what no reader uses: dead parts, orphan sidecars, crashed
+        temporaries and, with a commit record, every part and sidecar it does
+        not list (a crash between writing them and recording them).
+        """
+        listing: Listing = list_index(self._io, self._prefix)
+        if self._recorded is None:
+            return listing.live, set(listing.sidecars), listing.dead, listing.partials + listing.orphans
+        present = {r.key for r in listing.live + listing.dead}
+        present |= {join_key(self._prefix, "_" + n[: -len(".parquet")] + ".ids") for n in listing.sidecars}
+        self._check_present(present)
+        live = sorted(self._recorded.values())
+        garbage = [r for r in listing.live + listing.dead if r.name not in self._recorded]
+        garbage_names = {r.name for r in garbage}
+        sidecars, stray = set(), list(listing.partials) + list(listing.orphans)
+        for name in listing.sidecars:
+            if name in garbage_names:
+                continue  # deleted with its part
+            ref = self._recorded[name]
+            if join_key(self._prefix, ref.sidecar_name) in self._known:
+                sidecars.add(name)
+            else:
+                stray.append(ref.sidecar_name)  # not recorded: never read, rewritten by compact()
+        return live, sidecars, garbage, stray
+
+    def _forget(self, refs: Iterable[PartRef]) -> None:
+        """Stop counting parts (and their sidecars) as the index; their files are deleted later."""
+        for ref in refs:
+            self._known.pop(ref.key, None)
+            self._known.pop(join_key(self._prefix, ref.sidecar_name), None)
+            if self._recorded is not None:
+                self._recorded.pop(ref.name, None)
+
     def _remove(self, refs: Iterable[PartRef]) -> bool:
         """Delete parts, each before its sidecar (a part never loses its sidecar while visible)."""
         removed = False
         for ref in refs:
+            self._forget([ref])
             self._io.delete(ref.key)
             self._io.delete(join_key(self._prefix, ref.sidecar_name))
             removed = True
@@ -247,20 +354,46 @@ class IndexWriter:
     def _delete_garbage(self, names: Iterable[str]) -> bool:
         names = list(names)
         for name in names:
-            self._io.delete(join_key(self._prefix, name))
+            key = join_key(self._prefix, name)
+            self._known.pop(key, None)
+            self._io.delete(key)
         return bool(names)
 
     def _sync_prefix(self, keys: list[str]) -> None:
         # A deletion is made durable by syncing the folder: sync a surviving key beside it.
         self._io.sync(keys)
 
-    def truncate(self, committed_steps: int, *, fsync: bool = False) -> None:
+    def _read(self, ref: PartRef) -> pa.Table:
+        """A part's rows, its digest checked first when the writer knows it."""
+        return read_part_table(self._io, ref, self._id_type, digest=self._known.get(ref.key))
+
+    def _replace(self, old: list[PartRef], commit: CommitHook | None, *, fsync: bool, survivor: str | None) -> None:
+        """Record the new set of parts (``commit``), then delete the parts it no longer holds."""
+        self._forget(old)
+        if commit is not None:
+            commit(self.digests())
+        self._remove(old)
+        if fsync and old and survivor is not None:
+            self._sync_prefix([survivor])
+
+    def truncate(self, committed_steps: int, *, fsync: bool = False, commit: CommitHook | None = None) -> None:
         """Remove every row with ``step >= committed_steps``, buffered or flushed.
 
         Parts wholly at or above ``committed_steps`` are deleted; a part that
-        straddles it is rewritten (new part first, then the old one deleted).
-        Dead parts, orphan sidecars and stray ``.partial`` files are deleted
-        too. Afterwards ``end_step <= committed_steps`` and recording can resume.
+        straddles it is rewritten as ``[first, committed_steps)`` (new part
+        first, then the old one deleted; written even when no row is left, so
+        the parts still tile the committed steps). Garbage (dead parts,
+        orphan sidecars, stray ``.partial`` files and, with a commit record,
+        unrecorded parts) is deleted too. Afterwards ``end_step <=
+        committed_steps`` and recording can resume.
+
+        Parameters
+        ----------
+        commit
+            Called with :meth:`digests` after the new parts are written and
+            before any part they replace is deleted: the caller records the
+            new digests there (a crash between leaves the old record valid).
+            Called only when the set of parts changed.
         """
         committed = check_step(committed_steps, "committed_steps")
         keep = [i for i, s in enumerate(self._steps) if s < committed]
@@ -268,42 +401,55 @@ class IndexWriter:
         self._epochs = [self._epochs[i] for i in keep]
         self._counts = [self._counts[i] for i in keep]
         self._ids = [self._ids[i] for i in keep]
-        listing = list_index(self._io, self._prefix)
-        # Dead parts first: their rows are all in a live part, so deleting them is always safe.
-        changed = self._delete_garbage(listing.partials + listing.orphans)
-        changed = self._remove(listing.dead) or changed
-        end, kept = 0, []
-        for ref in listing.live:
+        if self._added_end is not None:
+            self._added_end = min(self._added_end, committed)
+        live, _, garbage, stray = self._view()
+        # Garbage first: no reader uses it, so deleting it is always safe.
+        changed = self._delete_garbage(stray)
+        changed = self._remove(garbage) or changed
+        end, kept, replaced = 0, [], []
+        for ref in live:
             if ref.first >= committed:
-                changed = self._remove([ref]) or changed
+                replaced.append(ref)
             elif ref.end > committed:
-                table = read_part_table(self._io, ref, self._id_type)
+                table = self._read(ref)
                 table = table.filter(pc.less(table.column("step"), committed))
-                if len(table):
-                    kept.append(self._write(table, ref.first, committed, fsync=fsync, compression=self._compression))
-                    end = max(end, committed)
-                self._remove([ref])
-                changed = True
+                kept.append(self._write(table, ref.first, committed, fsync=fsync, compression=self._compression))
+                end = max(end, committed)
+                replaced.append(ref)
             else:
                 end = max(end, ref.end)
                 kept.append(ref.key)
-        if fsync and changed and kept:
+        if replaced:
+            self._replace(replaced, commit, fsync=False, survivor=None)
+        if fsync and (changed or replaced) and kept:
             self._sync_prefix(kept[:1])
         self._end = end
+        if self._added_end is not None and self._added_end <= end:
+            self._added_end = None  # nothing buffered beyond the parts kept
 
-    def compact(self, committed_steps: int, *, fsync: bool = False, compression: str | None = "writer") -> str | None:
+    def compact(
+        self, committed_steps: int, *, fsync: bool = False, compression: str | None = "writer", commit: CommitHook | None = None
+    ) -> str | None:
         """Merge the committed live parts into one sorted part (with its sidecar), then delete them.
 
         Only parts with ``end <= committed_steps`` are merged (uncommitted rows
         stay where a later ``truncate`` can find them); the new part covers
-        their whole range. Dead parts and orphan sidecars are deleted. A lone
+        their whole range. Garbage is deleted as in :meth:`truncate`. A lone
         committed part without a sidecar (written before sidecars existed)
         gets one, so old stores look up fast after their next compaction.
+        Every part read is checked against its digest when the writer knows
+        it: a damaged part is refused, never merged.
 
         Parameters
         ----------
         compression
             Codec of the merged part; ``"writer"`` (default) uses the writer's.
+        commit
+            Called with :meth:`digests` once the merged part (or a new
+            sidecar) is written and before the parts it replaces are deleted:
+            the caller records the new digests there. Called only when
+            something changed.
 
         Returns
         -------
@@ -315,26 +461,67 @@ class IndexWriter:
             compression = self._compression
         elif compression is not None and compression not in COMPRESSIONS:
             raise InvalidArgumentError(f"Expected compression None, 'writer' or one of {COMPRESSIONS}. Got {compression!r}.")
-        listing = list_index(self._io, self._prefix)
-        removed = self._delete_garbage(listing.orphans)
-        removed = self._remove(listing.dead) or removed
-        merge = [r for r in listing.live if r.end <= committed]
+        live, sidecars, garbage, stray = self._view()
+        removed = self._delete_garbage(stray)
+        removed = self._remove(garbage) or removed
+        merge = [r for r in live if r.end <= committed]
         if len(merge) < 2:
+            added = False
             for ref in merge:
-                if ref.name in listing.sidecars:
+                if ref.name in sidecars:
                     continue
                 # Another writer's part: sort it even if it says it is sorted, keys must ascend.
-                table = sort_dedupe(read_part_table(self._io, ref, self._id_type))
+                table = sort_dedupe(self._read(ref))
                 if table.num_rows >= self._sidecar_min_rows:
                     side = join_key(self._prefix, ref.sidecar_name)
-                    write_sidecar(self._io, side, table, ref.first, ref.end, id_type=self._id_type, fsync=fsync)
-            if fsync and removed and listing.live:
-                self._sync_prefix([listing.live[0].key])
+                    self._known[side] = write_sidecar(self._io, side, table, ref.first, ref.end, id_type=self._id_type, fsync=fsync)
+                    added = True
+            if added and commit is not None:
+                commit(self.digests())
+            if fsync and removed and live:
+                self._sync_prefix([live[0].key])
             return None
-        tables = [read_part_table(self._io, r, self._id_type) for r in merge]  # in step order
+        tables = [self._read(r) for r in merge]  # in step order
         table = sort_dedupe(pa.concat_tables(tables).combine_chunks(), presorted_runs=True)
         key = self._write(table, merge[0].first, merge[-1].end, fsync=fsync, compression=compression)
-        self._remove(merge)
-        if fsync:
-            self._sync_prefix([key])
+        self._replace(merge, commit, fsync=fsync, survivor=key)
         return key
+
+    # -- digests for the commit record
+
+    def digests(self) -> DigestMap:
+        """Store key -> :class:`~deltastore.index.Digest` of every live part and its sidecar, sorted by key.
+
+        What the commit record must hold after every :meth:`flush`,
+        :meth:`truncate` and :meth:`compact` (FORMAT.md §6.2). Digests are
+        taken from the bytes as they were written. An index without a commit
+        record (a store written before digests) has its parts *adopted*
+        here, once: each is read whole and checked (Parquet decoded with its
+        page CRCs where written and steps in range; sidecar header and body
+        CRC) before its digest is taken, and from then on the writer treats
+        the digests as its commit record.
+        """
+        if self._recorded is None:
+            listing = list_index(self._io, self._prefix)
+            known: DigestMap = {}
+            for ref in listing.live:
+                known[ref.key] = self._known.get(ref.key) or self._adopt_part(ref)
+                if ref.name in listing.sidecars:
+                    side = join_key(self._prefix, ref.sidecar_name)
+                    known[side] = self._known.get(side) or self._adopt_sidecar(ref, side)
+            self._known = known
+            self._recorded = {r.name: r for r in listing.live}
+        return dict(sorted(self._known.items()))
+
+    def _adopt_part(self, ref: PartRef) -> Digest:
+        buffer = self._io.map(ref.key)
+        pf = open_part(self._io, ref, self._id_type, buffer)
+        with parquet_errors(ref.name):
+            table = pf.read(columns=["step"])
+        check_steps(ref, table.column("step"))
+        return digest_of(buffer)
+
+    def _adopt_sidecar(self, ref: PartRef, key: str) -> Digest:
+        buffer = self._io.map(key)
+        Sidecar(buffer, ref.sidecar_name, self._id_type, ref.first, ref.end).check_body()
+        return digest_of(buffer)

@@ -96,12 +96,14 @@ def test_bad_reader_arguments(tmp_path):
         SampleIndex(io, "int64", 1).samples_for(-2)
 
 
-def test_nothing_under_the_prefix_is_an_empty_index(tmp_path):
-    """Keys have no folders: a missing index reads as one without rows (verify_store reports the steps)."""
+def test_nothing_under_the_prefix_is_an_empty_index_only_at_zero_steps(tmp_path):
+    """Keys have no folders: nothing under the prefix is an empty index at 0 committed steps, a gap above."""
     for prefix in ("index", "missing"):
-        index = SampleIndex(LocalStoreIO(tmp_path), "string", 3, prefix=prefix)
+        index = SampleIndex(LocalStoreIO(tmp_path), "string", 0, prefix=prefix)
         assert index.lookup(["a"])[1] == ["a"] and index.num_rows == 0 and index.num_parts == 0
         assert index.steps().tolist() == [] and index.samples_for(0) == [] and index.step_table() == {}
+        with pytest.raises(CorruptStoreError, match=r"committed steps \[0, 3\) are in no index part"):
+            SampleIndex(LocalStoreIO(tmp_path), "string", 3, prefix=prefix).lookup(["a"])
 
 
 def test_reader_lists_again_after_a_concurrent_compaction(tmp_path):
@@ -184,7 +186,7 @@ def test_sidecar_and_pyarrow_routes_agree(id_type, hashing, data):
         if compact_at is not None:
             w.compact(compact_at)
         _strip_sidecars(fast, plain)
-        for committed in sorted({0, n_steps, data.draw(st.integers(0, n_steps + 1), label="committed")}):
+        for committed in sorted({0, n_steps, data.draw(st.integers(0, n_steps), label="committed")}):
             a, b = SampleIndex(fast, id_type, committed), SampleIndex(plain, id_type, committed)
             assert a.num_sidecar_parts == a.num_parts and b.num_sidecar_parts == 0
             for q in queries:
