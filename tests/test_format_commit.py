@@ -17,9 +17,9 @@ from deltastore.storage import LocalStoreIO
        index=st.one_of(st.none(), st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12), max_size=3)))
 def test_round_trip(tmp_path_factory, n, fp, index):
     io = LocalStoreIO(tmp_path_factory.mktemp("c"))
-    write_commit(io, n, fp, fsync=False, manifest_sha256="sha256:ab", index=index)
+    write_commit(io, n, fp, fsync=False, manifest_sha256="sha256:ab", index_digests=index)
     got = read_commit(io)
-    assert (got["committed_steps"], got["model_fingerprint"], got["manifest_sha256"], got.get("index")) == (n, fp, "sha256:ab", index)
+    assert (got["committed_steps"], got["model_fingerprint"], got["manifest_sha256"], got.get("index_digests")) == (n, fp, "sha256:ab", index)
     assert got["commit_version"] == COMMIT_VERSION and got["checksum"].startswith("sha256:")
 
 
@@ -27,7 +27,7 @@ def test_round_trip(tmp_path_factory, n, fp, index):
 @given(data=st.data())
 def test_any_flipped_byte_is_caught(tmp_path_factory, data):
     io = LocalStoreIO(tmp_path_factory.mktemp("c"))
-    write_commit(io, 1234, "sha256:00ff", fsync=False, manifest_sha256="sha256:ab", index={"index/part-a.parquet": "crc32c:0000beef"})
+    write_commit(io, 1234, "sha256:00ff", fsync=False, manifest_sha256="sha256:ab", index_digests={"index/part-a.parquet": "crc32c:0000beef"})
     raw = bytearray(io.read("commit.json"))
     pos = data.draw(st.integers(0, len(raw) - 1))
     bit = data.draw(st.integers(0, 7))
@@ -44,7 +44,7 @@ def test_any_flipped_byte_is_caught(tmp_path_factory, data):
 
 def write_and_read(tmp_path_factory) -> bytes:
     io = LocalStoreIO(tmp_path_factory.mktemp("c"))
-    write_commit(io, 1234, "sha256:00ff", fsync=False, manifest_sha256="sha256:ab", index={"index/part-a.parquet": "crc32c:0000beef"})
+    write_commit(io, 1234, "sha256:00ff", fsync=False, manifest_sha256="sha256:ab", index_digests={"index/part-a.parquet": "crc32c:0000beef"})
     return io.read("commit.json")
 
 

@@ -53,7 +53,7 @@ def test_reopening_drops_the_uncommitted_tail_and_voids_the_fingerprint(tmp_path
     for _, sub in group.groups():
         for _, arr in sub.arrays():
             arr.resize((9, arr.shape[1]))
-    manifest, digest, committed = open_for_append(io, RecordOptions.from_kwargs())
+    manifest, digest, committed, _ = open_for_append(io, RecordOptions.from_kwargs())
     assert committed == 6
     assert read_commit(io)["model_fingerprint"] is None
     for _, sub in zarr.open_group(str(tmp_path / "s"), mode="r").groups():

@@ -60,12 +60,15 @@ def write_json(io, key: str, obj, *, fsync: bool) -> None:
 
 
 def write_commit(io, committed_steps: int, fingerprint: str | None, *, fsync: bool, manifest_sha256: str,
-                 index: dict[str, str] | None = None) -> None:
-    """Replace the commit record (the last write of every flush)."""
+                 index_digests: dict | None = None) -> None:
+    """Replace the commit record (the last write of every flush).
+
+    ``index_digests``: the JSON digests of every live index object (FORMAT.md §6.2).
+    """
     record = {"commit_version": COMMIT_VERSION, "committed_steps": committed_steps, "model_fingerprint": fingerprint,
               "manifest_sha256": manifest_sha256}
-    if index is not None:
-        record["index"] = dict(sorted(index.items()))
+    if index_digests is not None:
+        record["index_digests"] = dict(sorted(index_digests.items()))
     write_json(io, COMMIT_FILE, with_checksum(record), fsync=fsync)
 
 

@@ -96,7 +96,8 @@ class StoreReader:
     @property
     def index(self) -> SampleIndex:
         if self._index is None:
-            self._index = SampleIndex(self.io, self.manifest.sample_id_type, self.committed_steps, prefix=INDEX_DIR)
+            self._index = SampleIndex(self.io, self.manifest.sample_id_type, self.committed_steps, prefix=INDEX_DIR,
+                                      digests=self.commit.get("index_digests"))
         return self._index
 
     @property

@@ -24,7 +24,7 @@ from ..format import (
     value_codec,
     write_commit,
 )
-from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter
+from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter, digests_to_json
 from ..plan import TensorSpec
 from .options import RecordOptions
 
@@ -118,39 +118,44 @@ def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tup
     # The commit record last: its presence is what makes the directory a store. It pins the
     # manifest's bytes as Zarr wrote them.
     digest = read_manifest(io)[1]
-    write_commit(io, 0, None, fsync=options.fsync, manifest_sha256=digest)
+    write_commit(io, 0, None, fsync=options.fsync, manifest_sha256=digest, index_digests={})
     return manifest, digest
 
 
-def open_for_append(io, options: RecordOptions) -> tuple[Manifest, str, int]:
-    """(manifest, its sha256, committed steps) of an existing store, its uncommitted tail dropped."""
+def open_for_append(io, options: RecordOptions) -> tuple[Manifest, str, int, IndexWriter]:
+    """(manifest, its sha256, committed steps, index writer) of an existing store, its uncommitted tail dropped."""
     manifest, digest = read_manifest(io)
     commit = read_commit(io)
     check_manifest_digest(io, commit, digest)
     committed = commit["committed_steps"]
-    index = truncate_uncommitted(io, manifest, committed)
+    index = truncate_uncommitted(io, manifest, commit, digest, fsync=options.fsync)
     # The old fingerprint described the model at close; recording resumes, so it is void.
-    write_commit(io, committed, None, fsync=options.fsync, manifest_sha256=digest, index=index)
-    return manifest, digest, committed
+    write_commit(io, committed, None, fsync=options.fsync, manifest_sha256=digest, index_digests=digests_to_json(index.digests()))
+    return manifest, digest, committed, index
 
 
-def truncate_uncommitted(io, manifest: Manifest, committed: int) -> dict[str, str] | None:
+def open_index(io, manifest: Manifest, commit: dict) -> IndexWriter:
+    """The store's index writer, holding the commit record's index digests (None for stores before them)."""
+    return IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS,
+                       digests=commit.get("index_digests"))
+
+
+def truncate_uncommitted(io, manifest: Manifest, commit: dict, manifest_sha256: str, *, fsync: bool) -> IndexWriter:
     """Drop rows >= committed from every array and the index (the crash tail).
 
-    Returns the digests of the index objects that remain (for the commit record).
+    Returns the index writer, whose digests describe the index that remains.
     """
+    committed = commit["committed_steps"]
     group = zarr.open_group(io.zarr_store(read_only=False), mode="r+")
     for g in manifest.groups:
         for name in manifest.arrays(g):
             arr = group[f"{g.path}/{name}"]
             if arr.shape[0] > committed:
                 arr.resize((committed, arr.shape[1]))
-    index = IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS)
-    index.truncate(committed)
-    return index_digests(index)
+    index = open_index(io, manifest, commit)
 
+    def record(digests) -> None:  # new parts are recorded before the ones they replace are deleted
+        write_commit(io, committed, None, fsync=fsync, manifest_sha256=manifest_sha256, index_digests=digests_to_json(digests))
 
-def index_digests(index) -> dict[str, str] | None:
-    """The index writer's digests of its live objects (wired once the index keeps them)."""
-    return None
-
+    index.truncate(committed, fsync=fsync, commit=record)
+    return index

@@ -27,12 +27,12 @@ import zarr
 from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
 
 from ..errors import DeltaStoreError, RecorderClosedError, RecordingFailedError
-from ..format import INDEX_DIR, Group, Manifest, ShardEncoder, ShardLayout, read_manifest, write_commit
-from ..index import STORE_SIDECAR_MIN_ROWS, IndexWriter
+from ..format import Group, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit
+from ..index import IndexWriter, digests_to_json
 from ..plan import TensorSpec
 from ..storage import open_io
 from .options import RecordOptions
-from .store import WRITER_LOCK, capacity, check_creatable, create_store, index_digests, open_for_append
+from .store import WRITER_LOCK, capacity, check_creatable, create_store, open_for_append, open_index
 
 
 @dataclass
@@ -66,7 +66,7 @@ class StoreWriter:
     """
 
     def __init__(self, io, manifest: Manifest, manifest_sha256: str, committed: int, options: RecordOptions, *, pin_memory: bool,
-                 lease=None):
+                 lease=None, index: IndexWriter | None = None):
         self.io = io
         self._lease = lease  # the writer lock (WRITER_LOCK), held until close
         self.manifest = manifest
@@ -85,7 +85,7 @@ class StoreWriter:
                 path = f"{g.path}/{name}"
                 lay = ShardLayout.of(path, cols, dtype, manifest.codec, manifest.codec_level, manifest.steps_per_shard)
                 self._arrays.append(_Array(g.id, name, group[path], ShardEncoder(io, lay)))
-        self._index = IndexWriter(io, manifest.sample_id_type, prefix=INDEX_DIR, sidecar_min_rows=STORE_SIDECAR_MIN_ROWS)
+        self._index = index if index is not None else open_index(io, manifest, read_commit(io))
         # Steps per flush: a whole shard, unless the memory bound asks for fewer.
         self.capacity = min(manifest.steps_per_shard, capacity(manifest.groups, self.values, options.buffer_bytes))
         self._buffers = [self._alloc(pin_memory) for _ in range(2)]
@@ -123,8 +123,8 @@ class StoreWriter:
         read_manifest(io)  # a store at all, before the lock leaves a file behind
         lease = io.acquire(WRITER_LOCK, _holder())
         try:
-            manifest, digest, committed = open_for_append(io, options)
-            return cls(io, manifest, digest, committed, options, pin_memory=pin_memory, lease=lease)
+            manifest, digest, committed, index = open_for_append(io, options)
+            return cls(io, manifest, digest, committed, options, pin_memory=pin_memory, lease=lease, index=index)
         except BaseException:
             lease.release()
             raise
@@ -246,9 +246,10 @@ class StoreWriter:
             buf.index_rows = []
             self.write_seconds += time.perf_counter() - t0
 
-    def _commit(self, steps: int, fingerprint: str | None) -> None:
+    def _commit(self, steps: int, fingerprint: str | None, digests=None) -> None:
+        digests = self._index.digests() if digests is None else digests
         write_commit(self.io, steps, fingerprint, fsync=self.fsync, manifest_sha256=self.manifest_sha256,
-                     index=index_digests(self._index))
+                     index_digests=digests_to_json(digests))
 
     def _grow_and_write(self, jobs: list, start: int, end: int) -> None:
         """Grow every array to ``end`` rows, then write rows [start, end) of each.
@@ -300,7 +301,8 @@ class StoreWriter:
         try:
             self.flush()
             try:  # compaction is crash-safe; a failure leaves the committed steps as they are
-                self._index.compact(self.committed, fsync=self.fsync)
+                # The merged part is recorded before the parts it replaces are deleted.
+                self._index.compact(self.committed, fsync=self.fsync, commit=lambda d: self._commit(self.committed, None, d))
                 self._commit(self.committed, fingerprint)
             except BaseException as exc:
                 self._error = self._failure(exc, "closing (compacting the index, writing the commit record)")
