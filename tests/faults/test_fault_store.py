@@ -121,3 +121,21 @@ def _harmless(raw: bytes, new: bytes) -> bool:
         return json.loads(raw) == json.loads(new)
     except ValueError:
         return False
+
+
+def test_a_crafted_commit_record_claiming_10_to_the_12_steps_is_refused_before_allocation(source, tmp_path):
+    import json
+
+    from deltastore.errors import CorruptStoreError
+    from deltastore.format import with_checksum
+    from deltastore.read import StoreReader
+
+    store, _, _ = source
+    shutil.copytree(store, tmp_path / "c")
+    commit = tmp_path / "c" / "commit.json"
+    obj = json.loads(commit.read_bytes())
+    obj["committed_steps"] = 10**12  # checksums are no defence against a crafted store: validation is
+    commit.write_text(json.dumps(with_checksum(obj)))
+    with pytest.raises(CorruptStoreError, match="expected at least 1000000000000 rows"):
+        StoreReader(tmp_path / "c")
+    assert not verify_store(tmp_path / "c").ok
