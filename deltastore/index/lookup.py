@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import InvalidArgumentError, UnknownSampleIdsError
+from ..errors import CorruptStoreError, InvalidArgumentError, UnknownSampleIdsError
 from ..storage import StoreIO
 from .coverage import MissingIndexObjectError, PlannedPart, plan_parts
 from .digests import DigestMap, DigestSource, check_digest, digests_from_json
 from .ids import check_id_type, parse_sample_ids, unique_int
-from .parts import check_step, check_step_range, check_steps, join_key, list_index, open_part, parquet_errors
+from .parts import check_step, check_step_range, check_steps, join_key, list_index, open_part, parquet_errors, read_rows
 from .sidecar import Query, Sidecar
 
 __all__ = ["SampleIndex"]
@@ -101,6 +101,10 @@ class _Part:
             self.step_max.append(s1.max if has1 else self.ref.end - 1)
             if rg.num_rows and has1:
                 check_step_range(self.ref, s1.min, s1.max)
+        if any(n < 0 for n in self.rg_rows) or sum(self.rg_rows) != md.num_rows:  # num_rows answers from these
+            raise CorruptStoreError(
+                f"Index part {self.ref.name} is damaged: its footer counts {md.num_rows} rows, its row groups {self.rg_rows}."
+            )
 
     # -- the pyarrow route
 
@@ -123,12 +127,7 @@ class _Part:
 
     def _read(self, groups: list[int] | None, columns: list[str]) -> pa.Table:
         """Row groups (all for None) of the Parquet part; the steps read checked against its range."""
-        f = self.file
-        with parquet_errors(self.ref.name):
-            if groups is None:
-                table = f.read(columns=columns, use_threads=True)
-            else:
-                table = f.read_row_groups(groups, columns=columns, use_threads=True)
+        table = read_rows(self.file, self.ref.name, columns, groups)
         if "step" in columns:
             check_steps(self.ref, table.column("step"))
         return table

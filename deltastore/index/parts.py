@@ -27,7 +27,7 @@ __all__ = [
     "COLUMNS", "COMPRESSIONS", "ID_TYPE_KEY", "INDEX_VERSION", "STEP_LIMIT", "VERSION_KEY",
     "Listing", "PartRef", "check_step", "check_step_range", "check_steps", "declares_sort", "index_schema", "join_key",
     "list_index", "open_part", "parquet_errors", "parse_part_name", "parse_sidecar_name", "part_name", "read_part_table",
-    "sort_dedupe", "write_part",
+    "read_rows", "sort_dedupe", "write_part",
 ]
 
 INDEX_VERSION = "1"
@@ -276,6 +276,31 @@ def check_steps(ref: PartRef, steps: Any) -> None:
     check_step_range(ref, mm["min"], mm["max"])
 
 
+def read_rows(pf: pq.ParquetFile, name: str, columns: list[str], groups: list[int] | None = None) -> pa.Table:
+    """Columns of some row groups (all for None), with as many rows as the footer says they hold.
+
+    pyarrow reads a row group whose footer row count was damaged (16 -> -17,
+    one flipped bit) as fewer rows without an error; the counts are
+    cross-checked here (they are the footer's own: the file's total and each
+    group's), so a lone flipped count is an error naming the part.
+    """
+    with parquet_errors(name):
+        md = pf.metadata
+        counts = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        if any(n < 0 for n in counts) or sum(counts) != md.num_rows:
+            raise CorruptStoreError(
+                f"Index part {name} is damaged: its footer counts {md.num_rows} rows, its row groups {counts}."
+            )
+        if groups is None:
+            table = pf.read(columns=columns, use_threads=True)
+        else:
+            table = pf.read_row_groups(groups, columns=columns, use_threads=True)
+    expected = md.num_rows if groups is None else sum(counts[i] for i in groups)
+    if table.num_rows != expected:
+        raise CorruptStoreError(f"Index part {name} is damaged: expected {expected} rows, read {table.num_rows}.")
+    return table
+
+
 def read_part_table(io: StoreIO, ref: PartRef, id_type: str, *, digest: Digest | None = None) -> pa.Table:
     """All rows of one part, sorted and deduplicated, with the pinned schema (for truncate and compact).
 
@@ -283,8 +308,7 @@ def read_part_table(io: StoreIO, ref: PartRef, id_type: str, *, digest: Digest |
     merged into a new one with a fresh, valid digest.
     """
     pf = open_part(io, ref, id_type, digest=digest)
-    with parquet_errors(ref.name):
-        table = pf.read(columns=list(COLUMNS))
+    table = read_rows(pf, ref.name, list(COLUMNS))
     check_steps(ref, table.column("step"))
     table = pa.Table.from_arrays([table.column(c) for c in COLUMNS], schema=index_schema(id_type))
     return table if declares_sort(pf.metadata) else sort_dedupe(table)

@@ -30,7 +30,7 @@ from .digests import Digest, DigestMap, digest_of, digests_from_json
 from .ids import check_id_type, parse_sample_ids
 from .parts import (
     COMPRESSIONS, STEP_LIMIT, Listing, PartRef, check_step, check_steps, index_schema, join_key, list_index, open_part,
-    parquet_errors, parse_part_name, parse_sidecar_name, part_name, read_part_table, sort_dedupe, write_part,
+    parse_part_name, parse_sidecar_name, part_name, read_part_table, read_rows, sort_dedupe, write_part,
 )
 from .sidecar import Sidecar, write_sidecar
 
@@ -516,8 +516,7 @@ class IndexWriter:
     def _adopt_part(self, ref: PartRef) -> Digest:
         buffer = self._io.map(ref.key)
         pf = open_part(self._io, ref, self._id_type, buffer)
-        with parquet_errors(ref.name):
-            table = pf.read(columns=["step"])
+        table = read_rows(pf, ref.name, ["step"])
         check_steps(ref, table.column("step"))
         return digest_of(buffer)
 

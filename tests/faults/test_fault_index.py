@@ -341,3 +341,29 @@ def test_a_damaged_footer_never_kills_the_process(stores, tmp_path, id_type):
     assert out.returncode == 0, out.stderr[-2000:]
     caught, tried = map(int, out.stdout.split())
     assert tried > 1000 and caught > tried // 2
+
+
+@pytest.mark.parametrize("id_type", ["int64", "string"])
+def test_a_flipped_row_group_count_is_caught(stores, tmp_path, id_type):
+    """pyarrow reads a row group whose footer count went 16 -> -17 (one bit) as fewer rows, silently."""
+    store, expected = stores[id_type, "compacted"]
+    (name,) = _part_names(store, "parquet+sidecar")
+    raw = store.path(name).read_bytes()
+    footer = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    counts = [pq.ParquetFile(store.path(name)).metadata.row_group(i).num_rows for i in range(2)]
+    hits = []
+    for at in range(footer, len(raw) - 8):
+        b = bytearray(raw)
+        b[at] ^= 0x01
+        try:
+            md = pq.ParquetFile(pa.BufferReader(bytes(b))).metadata
+            if [md.row_group(i).num_rows for i in range(2)] != counts and md.num_rows == sum(
+                md.row_group(i).num_rows for i in range(md.num_row_groups)
+            ) - md.row_group(0).num_rows - md.row_group(1).num_rows + sum(counts):
+                hits.append(at)
+        except (OSError, pa.ArrowException):
+            continue
+    assert hits, "no single flip changes only a row group's count"
+    for at in hits[:4]:
+        outcomes = _check_case(store, expected, tmp_path / "w", name, "flip", at, 0x01)
+        assert outcomes["none", "scan"] == outcomes["digests", "scan"] == "caught"
