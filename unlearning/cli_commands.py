@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from deltastore.errors import InvalidArgumentError, LedgerError, ModelMismatchError, SampleIdTypeError, StoreExistsError
+from deltastore.storage.local import fsync_path
 
 # An id file larger than this is refused before it is read: ids are parsed in memory
 # (1 GiB of text is ~100 M ids, ten times the index size the project is sized for).
@@ -352,21 +353,13 @@ def check_output_path(path: str | Path, flag: str, suffixes: tuple[str, ...] | N
     return path
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, write: Callable[[Path], None], flag: str) -> None:
     """Write through ``write(tmp)`` to a temporary file beside ``path``, fsync it, rename it into
     place and fsync the directory: a reader (or a crash) sees no file or the whole file."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
         write(tmp)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         if path.exists() or path.is_symlink():  # appeared while we worked: still never overwritten
             raise StoreExistsError(f"{flag}: {path} appeared while the command ran; not overwritten")
         os.replace(tmp, path)
@@ -379,7 +372,7 @@ def _write_atomic(path: Path, write: Callable[[Path], None], flag: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     try:
-        _fsync_path(path.parent)
+        fsync_path(path.parent)
     except OSError:  # some filesystems refuse to fsync a directory; the file itself is durable
         pass
 

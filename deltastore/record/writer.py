@@ -150,8 +150,7 @@ class StoreWriter:
             raise self._error
 
     def _check_open(self) -> None:
-        if self._error is not None:  # sticky: nothing is committed after a failed commit
-            raise self._error
+        self.check()  # sticky: nothing is committed after a failed commit
         if self._closed:
             raise RecorderClosedError(f"{self.io.url}: writer is closed; open the store again with mode='a' to record more steps")
 

@@ -172,7 +172,7 @@ class LocalStoreIO(StoreIO):
             tmp.unlink(missing_ok=True)
             raise
         if fsync:
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
 
     def create(self, key: str, data, *, fsync: bool = False) -> bool:
         path = self._checked(key)
@@ -191,7 +191,7 @@ class LocalStoreIO(StoreIO):
         finally:
             tmp.unlink(missing_ok=True)
         if fsync:
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
         return True
 
     def delete(self, key: str) -> None:
@@ -214,16 +214,12 @@ class LocalStoreIO(StoreIO):
         for key in keys:
             path = self.path(key)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fsync_path(path)
             except FileNotFoundError:
                 continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
             dirs.add(path.parent)
         for d in dirs:
-            _fsync_dir(d)
+            fsync_path(d)
 
     @contextlib.contextmanager
     def lock(self, key: str, timeout: float) -> Iterator[None]:
@@ -285,7 +281,8 @@ class _LocalLease(Lease):
         self.release()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's or a directory's (its entries') earlier writes durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
