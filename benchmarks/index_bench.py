@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deltastore.index import IndexWriter, SampleIndex, list_index
+from deltastore.index import IndexWriter, SampleIndex, digests_to_json, list_index
 from deltastore.storage import LocalStoreIO, StoreIO
 
 __all__ = ["run_index_benchmark"]
@@ -40,14 +40,14 @@ def _timed(fn, repeats: int) -> tuple[float, float, object]:
     return min(times), float(np.median(times)), result
 
 
-def _lookup_figures(io: StoreIO, id_type: str, committed: int, queries: dict[int, object], repeats: int) -> dict:
+def _lookup_figures(io: StoreIO, id_type: str, committed: int, queries: dict[int, object], repeats: int, digests) -> dict:
     out: dict[str, float] = {}
     for k, q in queries.items():
         def cold(q=q):
-            return SampleIndex(io, id_type, committed, prefix=PREFIX).lookup(q)
+            return SampleIndex(io, id_type, committed, prefix=PREFIX, digests=digests).lookup(q)
 
         cmin, cmed, (steps, unknown) = _timed(cold, repeats)
-        index = SampleIndex(io, id_type, committed, prefix=PREFIX)
+        index = SampleIndex(io, id_type, committed, prefix=PREFIX, digests=digests)
         index.lookup(q)
         wmin, wmed, _ = _timed(lambda q=q: index.lookup(q), repeats)
         out[f"lookup_{k}_cold_ms"] = round(cmed * 1e3, 2)
@@ -58,7 +58,7 @@ def _lookup_figures(io: StoreIO, id_type: str, committed: int, queries: dict[int
         if unknown:  # every query id was recorded: a miss is a bug, not a figure
             raise RuntimeError(f"index lost {len(unknown)} recorded ids")
     t0 = time.perf_counter()
-    index = SampleIndex(io, id_type, committed, prefix=PREFIX)
+    index = SampleIndex(io, id_type, committed, prefix=PREFIX, digests=digests)
     _ = index.num_parts
     out["open_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
     step = committed // 2
@@ -96,6 +96,7 @@ def run_index_benchmark(
     repeats: int = 3,
     directory: str | Path | None = None,
     no_sidecar: bool = True,
+    digests: bool = True,
 ) -> dict:
     """Build a synthetic sample index of about ``rows`` rows and return figures.
 
@@ -118,6 +119,11 @@ def run_index_benchmark(
         Where to build the store (a temporary directory, removed afterwards, when None).
     no_sidecar
         Also time the compacted part with its sidecar deleted (the pyarrow route).
+        That layout is read without digests, as a store written before them is.
+    digests
+        Build and read the index as a store does: the writer keeps the digests
+        of its parts and the reader checks every part against them (the commit
+        record's ``index_digests``, FORMAT.md §6.2). False: no digests at all.
 
     Returns
     -------
@@ -140,7 +146,9 @@ def run_index_benchmark(
         return [f"sample-{i:09d}" for i in ids.tolist()]
 
     try:
-        writer = IndexWriter(io, id_type, prefix=PREFIX, row_group_size=row_group_size, compression=compression)
+        # digests={}: the writer starts from an (empty) commit record, as in a store
+        writer = IndexWriter(io, id_type, prefix=PREFIX, row_group_size=row_group_size, compression=compression,
+                             digests={} if digests else None)
         step = 0
         t0 = time.perf_counter()
         for epoch in range(epochs):
@@ -158,13 +166,17 @@ def run_index_benchmark(
             k: ident(np.sort(rng.choice(n_samples, size=min(k, n_samples), replace=False)))
             for k in lookup_sizes
         }
-        fresh = SampleIndex(io, id_type, committed, prefix=PREFIX)
+        def record():
+            return digests_to_json(writer.digests()) if digests else None
+
+        fresh = SampleIndex(io, id_type, committed, prefix=PREFIX, digests=record())
         result: dict = {
             "rows": fresh.num_rows,
             "samples": n_samples,
             "steps": committed,
             "id_type": id_type,
             "compression": compression,
+            "digests": digests,
             "row_group_size": row_group_size,
             "build_s": round(build_s, 2),
             "build_rows_per_s": round(fresh.num_rows / build_s),
@@ -180,10 +192,11 @@ def run_index_benchmark(
                     if name.endswith(".ids"):
                         io.delete(f"{PREFIX}/{name}")
                 assert not list_index(io, PREFIX).sidecars
-            index = SampleIndex(io, id_type, committed, prefix=PREFIX)
+            layout_digests = None if layout == "no_sidecar" else record()
+            index = SampleIndex(io, id_type, committed, prefix=PREFIX, digests=layout_digests)
             for key, value in _sizes(io, index).items():
                 result[f"{layout}.{key}"] = value
-            for key, value in _lookup_figures(io, id_type, committed, queries, repeats).items():
+            for key, value in _lookup_figures(io, id_type, committed, queries, repeats, layout_digests).items():
                 result[f"{layout}.{key}"] = value
         return result
     finally:
