@@ -25,6 +25,7 @@ __all__ = [
     "DeviceError",
     "LedgerError",
     "StoreLockedError",
+    "CommitConflictError",
     "RecordingFailedError",
 ]
 
@@ -117,6 +118,11 @@ class LedgerError(DeltaStoreError, ValueError):
 
 class StoreLockedError(DeltaStoreError, TimeoutError):
     """Another process holds the store's lock for longer than allowed."""
+
+
+class CommitConflictError(StoreLockedError):
+    """Another writer replaced the commit record since this one last read it (object
+    storage's compare-and-swap failed): this writer stops, the other's commit stands."""
 
 
 class RecordingFailedError(DeltaStoreError, OSError):

@@ -20,12 +20,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CorruptStoreError, InvalidArgumentError, UnknownSampleIdsError
-from ..storage import StoreIO
+from ..storage import LocalStoreIO, StoreIO
 from .coverage import MissingIndexObjectError, PlannedPart, plan_parts
-from .digests import DigestMap, DigestSource, check_digest, digests_from_json
+from .digests import DigestMap, DigestSource, digests_from_json
 from .ids import check_id_type, parse_sample_ids, unique_int
 from .parts import check_step, check_step_range, check_steps, join_key, list_index, open_part, parquet_errors, read_rows
-from .sidecar import Query, Sidecar
+from .sidecar import Query, Sidecar, open_sidecar
 
 __all__ = ["SampleIndex"]
 
@@ -42,11 +42,12 @@ def _unique_steps(steps: np.ndarray, committed: int) -> np.ndarray:
 class _Part:
     """One opened part: its sidecar when it has one, else its Parquet footer.
 
-    A part with a sidecar maps only the sidecar at open; its Parquet file is
-    mapped, checked and its footer parsed when a full scan first needs them.
-    Bytes are checked before use: against the commit record's digest when
-    there is one, else the sidecar against its own body checksum and the
-    Parquet pages against their page CRCs.
+    A part with a sidecar opens only the sidecar (header and block table
+    checked); its Parquet file is mapped, checked and its footer parsed when a
+    full scan first needs them. Bytes are checked before use: against the
+    commit record's digest when there is one (a version 2 sidecar's blocks
+    against its table, the table against the digest), else the sidecar
+    against its own checksums and the Parquet pages against their page CRCs.
     """
 
     def __init__(self, io: StoreIO, plan: PlannedPart, id_type: str, prefix: str):
@@ -54,19 +55,19 @@ class _Part:
         self.ref, self.id_type, self._io, self._digest = ref, id_type, io, plan.digest
         self.sidecar: Sidecar | None = None
         if plan.has_sidecar:
-            buffer = io.map(join_key(prefix, ref.sidecar_name))
-            if plan.sidecar_digest is not None:
-                check_digest(buffer, plan.sidecar_digest, ref.sidecar_name)
-            self.sidecar = Sidecar(buffer, ref.sidecar_name, id_type, ref.first, ref.end)
-            if plan.sidecar_digest is None:
-                self.sidecar.check_body()  # no commit-record digest: the sidecar's own CRC-32 (~3 GB/s)
+            # Local files are mapped; elsewhere (object storage) only the header, the block
+            # table and the blocks a lookup touches are read (version 2 sidecars).
+            self.sidecar = open_sidecar(
+                io, join_key(prefix, ref.sidecar_name), ref.sidecar_name, id_type, ref.first, ref.end,
+                plan.sidecar_digest, ranged=not isinstance(io, LocalStoreIO),
+            )
         self._file: pq.ParquetFile | None = None
         if self.sidecar is None:
             _ = self.file  # no sidecar: the footer's statistics drive every lookup, check it now
 
     @property
     def nbytes(self) -> int:
-        return self._io.size(self.ref.key) + (len(self.sidecar.buffer) if self.sidecar is not None else 0)
+        return self._io.size(self.ref.key) + (self.sidecar.size if self.sidecar is not None else 0)
 
     @property
     def file(self) -> pq.ParquetFile:
@@ -333,12 +334,15 @@ class SampleIndex:
     def check(self) -> None:
         """Check every byte of every part holding committed steps; CorruptStoreError names a bad one.
 
-        Opening already checks coverage and every sidecar; this also checks
-        each Parquet part: against its digest, or (a store written before
+        Opening already checks coverage and every sidecar's header (a version
+        1 sidecar whole, a version 2 sidecar's block table); this also checks
+        every block of each sidecar and each Parquet part: against its digest, or (a store written before
         digests) by decoding every page (page CRCs where written) and checking
         every row's step against the part's range.
         """
         def one(p: _Part) -> None:
+            if p.sidecar is not None:
+                p.sidecar.check_body()  # a lookup checks only the blocks it reads
             _ = p.file
             if p._digest is None:
                 p.rows(self._committed, ("sample_id", "step", "epoch"))

@@ -26,6 +26,15 @@ class RangeFile(ABC):
     def pread(self, length: int, offset: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (fewer only at the end of the object)."""
 
+    def tail(self, length: int) -> bytes:
+        """The last ``length`` bytes (a shard's index). Object storage answers it with one
+        suffix GET that also tells the size, so opening a shard costs no HEAD."""
+        return self.pread(length, self.size - length) if self.size >= length else b""
+
+    def preadv(self, ranges) -> list[bytes]:
+        """``pread`` of many ``(offset, length)`` ranges; object storage issues them concurrently."""
+        return [self.pread(n, o) for o, n in ranges]
+
     def close(self) -> None:
         pass
 
@@ -41,6 +50,10 @@ class Lease(ABC):
 
     @abstractmethod
     def release(self) -> None: ...
+
+    def check(self) -> None:
+        """StoreLockedError if the lease may no longer be ours (object storage: not renewed in
+        time, or taken over). A writer calls it before each flush's writes."""
 
 
 class StoreIO(ABC):
@@ -116,6 +129,15 @@ class StoreIO(ABC):
         """Replace ``key`` with ``data`` atomically."""
         with self.writer(key, fsync=fsync) as f:
             f.write(data)
+
+    def swap(self, key: str, data, *, fsync: bool = False) -> None:
+        """Replace ``key`` only if it is still the version this StoreIO last read or wrote
+        (compare-and-swap; create-if-absent when it saw none), else CommitConflictError.
+
+        The commit record is written with it. Backends whose writer rule is a real lock
+        (local ``flock``) need no compare and replace atomically, as :meth:`write` does.
+        """
+        self.write(key, data, fsync=fsync)
 
     @abstractmethod
     def create(self, key: str, data, *, fsync: bool = False) -> bool:

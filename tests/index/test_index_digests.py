@@ -133,7 +133,9 @@ def test_reader_with_digests_refuses_a_missing_or_damaged_object(tmp_path):
             raw[len(raw) // 2] ^= 1
             (c.root / key).write_bytes(bytes(raw))
             with pytest.raises(CorruptStoreError, match=f"{name} fails its checksum"):
-                SampleIndex(c, "int64", 9, digests=digests).step_table()
+                # A full scan reads the Parquet parts; a sidecar's blocks are checked when read (check reads all).
+                index = SampleIndex(c, "int64", 9, digests=digests)
+                index.step_table() if key.endswith(".parquet") else index.check()
         with _copy(io) as c:
             (c.root / key).write_bytes((c.root / key).read_bytes()[:-1])
             with pytest.raises(CorruptStoreError, match=f"{name}: expected {digests[key].size} bytes"):

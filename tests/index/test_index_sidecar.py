@@ -10,24 +10,51 @@ import hashlib
 import struct
 import zlib
 
+import google_crc32c
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from deltastore.errors import CorruptStoreError, FormatVersionError
 from deltastore.index import IndexWriter, SampleIndex, list_index
+from deltastore.index.sidecar import write_sidecar
 from deltastore.storage import LocalStoreIO
 
 
+def _pad8up(n: int) -> int:
+    return n + (-n % 8)
+
+
 def _read_spec(raw: bytes) -> dict:
-    """Every row of a sidecar as {id: [steps]}, read as FORMAT.md §6.1 says."""
+    """Every row of a sidecar as {id: [steps]}, read as FORMAT.md §6.1 says (versions 1 and 2)."""
     assert raw[:6] == b"DSIDS\x00"
     version, kind, width = struct.unpack_from("<HBB", raw, 6)
-    assert version == 1 and kind in (1, 2) and width in (4, 8) and raw[10:16] == bytes(6)
+    assert version in (1, 2) and kind in (1, 2) and width in (4, 8)
     k, r, first, end, s = struct.unpack_from("<QQqqQ", raw, 16)
     body_crc, head_crc = struct.unpack_from("<II", raw, 56)
-    assert head_crc == zlib.crc32(raw[:60]) and body_crc == zlib.crc32(raw[64:])
+    assert head_crc == zlib.crc32(raw[:60])
+    if version == 1:
+        assert raw[10:16] == bytes(6) and body_crc == zlib.crc32(raw[64:])
+    else:
+        log2 = raw[10]
+        assert 12 <= log2 <= 24 and raw[11:16] == bytes(5)
+        block = 1 << log2
+        body_len = 16 * k + 8 + _pad8up(width * r) + (8 * (k + 1) + _pad8up(s) if kind == 2 else 0)
+        n_blocks = -(-body_len // block)
+        table = raw[64 + body_len :]
+        assert len(table) == 8 + _pad8up(4 * n_blocks) + 8 * -(-8 * k // block)
+        prefix_crc, zero = struct.unpack_from("<II", table, 0)
+        assert zero == 0 and prefix_crc == google_crc32c.value(raw[: 64 + body_len])
+        assert body_crc == google_crc32c.value(table[8:])
+        crcs = np.frombuffer(table, "<u4", n_blocks, 8)
+        body = raw[64 : 64 + body_len]
+        assert [google_crc32c.value(body[i : i + block]) for i in range(0, body_len, block)] == crcs.tolist()
+        fences = np.frombuffer(table, "<i8" if kind == 1 else "<u8", offset=8 + _pad8up(4 * n_blocks))
+        keys_all = np.frombuffer(raw, "<i8" if kind == 1 else "<u8", k, 64)
+        assert fences.tolist() == keys_all[:: block // 8].tolist()
+        raw = raw[: 64 + body_len]  # the sections, as in version 1
     pos = 64
 
     def section(dtype, count):
@@ -101,11 +128,11 @@ def _one_part(tmp_path, id_type="int64"):
 
 
 def _reheader(raw: bytes, **fields) -> bytes:
-    """The header with some fields replaced and its checksum made valid again."""
-    names = ["magic", "version", "kind", "width", "k", "r", "first", "end", "s", "body_crc", "head_crc"]
-    values = dict(zip(names, struct.unpack_from("<6sHBB6xQQqqQII", raw)))
+    """The header with some fields replaced and its checksum made valid again (bytes 10-15 kept)."""
+    names = ["magic", "version", "kind", "width", "extra", "k", "r", "first", "end", "s", "body_crc", "head_crc"]
+    values = dict(zip(names, struct.unpack_from("<6sHBB6sQQqqQII", raw)))
     values.update(fields)
-    head = struct.pack("<6sHBB6xQQqqQ", *(values[n] for n in names[:-2])) + struct.pack("<I", values["body_crc"])
+    head = struct.pack("<6sHBB6sQQqqQ", *(values[n] for n in names[:-2])) + struct.pack("<I", values["body_crc"])
     return head + struct.pack("<I", zlib.crc32(head)) + raw[64:]
 
 
@@ -116,7 +143,11 @@ def _reheader(raw: bytes, **fields) -> bytes:
         (lambda raw: b"XXXXXX" + raw[6:], CorruptStoreError, "magic"),
         (lambda raw: raw[:20] + b"\x01" + raw[21:], CorruptStoreError, "checksum"),
         (lambda raw: raw + b"\x00" * 8, CorruptStoreError, "bytes"),
-        (lambda raw: _reheader(raw, version=2), FormatVersionError, "version 2"),
+        (lambda raw: _reheader(raw, version=3), FormatVersionError, "version 3"),
+        (lambda raw: _reheader(raw, extra=bytes([11]) + bytes(5)), CorruptStoreError, "header bytes 10-15"),
+        (lambda raw: _reheader(raw, body_crc=1), CorruptStoreError, "block table fails its checksum"),
+        (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), CorruptStoreError, "block table fails its checksum"),  # a fence
+        (lambda raw: raw[:64] + bytes([raw[64] ^ 1]) + raw[65:], CorruptStoreError, "fails its checksum"),  # a key
         (lambda raw: _reheader(raw, kind=2), CorruptStoreError, "id type 'string'"),
         (lambda raw: _reheader(raw, first=1), CorruptStoreError, r"steps \[1, 2\)"),
         (lambda raw: _reheader(raw, width=3), CorruptStoreError, "3-byte"),
@@ -132,10 +163,17 @@ def test_damaged_sidecar_is_an_error_naming_it(tmp_path, damage, error, message)
 
 
 def test_bad_row_starts_are_corrupt(tmp_path):
+    """Row starts are checked where used (a version 1 file here: version 2's block CRC would catch the edit first)."""
     io, path = _one_part(tmp_path)
+    (ref,) = list_index(io, "index").live
+    table = pq.read_table(tmp_path / "index" / ref.name)
+    write_sidecar(io, f"index/{ref.sidecar_name}", table, 0, 2, id_type="int64", fsync=False, version=1)
     raw = bytearray(path.read_bytes())
     k = struct.unpack_from("<Q", raw, 16)[0]
     struct.pack_into("<q", raw, 64 + 8 * k, 5)  # starts[0] must be 0
+    body = raw[64:]
+    struct.pack_into("<I", raw, 56, zlib.crc32(body))
+    struct.pack_into("<I", raw, 60, zlib.crc32(raw[:60]))
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptStoreError, match="row starts"):
         SampleIndex(io, "int64", 2).lookup([1])
