@@ -30,16 +30,19 @@ def _check_rows(rows: list[dict]) -> None:
 
 
 def test_storage_full_grid_on_a_tiny_run(tmp_path):
-    res = storage.run(quick=True, models={"mlp": TINY_MLP}, modes=("random", "magnitude"), dtypes=("float32", "int8"),
+    res = storage.run(quick=True, models={"mlp": TINY_MLP}, modes=("random", "magnitude"), dtypes=("float32", "int8", "int4"),
                       codec_models=("mlp",), workdir=str(tmp_path), plots=str(tmp_path / "plots"))
     rows = res["rows"]
     _check_rows(rows)
     assert {(r["mode"], r["plan"], r["value_dtype"]) for r in rows} == {
-        (m, p, d) for m in ("random", "magnitude") for p in ("layerwise", "uniform-50") for d in ("float32", "int8")}
+        (m, p, d) for m in ("random", "magnitude") for p in ("layerwise", "uniform-50") for d in ("float32", "int8", "int4")}
     for r in rows:  # one run: every store covers it, and quality is measured against float32 of the same plan
         assert r["full_run"] and r["quality_delta_points"] is not None
+        assert 0.0 <= r["sample_target_acc"] <= 1.0 and r["sample_forgotten_steps"] > 0  # the 1 % sample request too
         if r["value_dtype"] == "float32":
             assert r["quality_delta_points"] == 0.0
+    by_dtype = {r["value_dtype"]: r for r in rows if r["mode"] == "random" and r["plan"] == "layerwise"}
+    assert by_dtype["int4"]["values_bytes"] < by_dtype["int8"]["values_bytes"]  # two codes per byte
     # Magnitude stores pay for their indices.
     by = {(r["mode"], r["plan"], r["value_dtype"]): r for r in rows}
     assert by[("magnitude", "layerwise", "int8")]["indices_bytes"] > 0 == by[("random", "layerwise", "int8")]["indices_bytes"]

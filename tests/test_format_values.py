@@ -20,7 +20,7 @@ def _encode_cpu(codec: Int8Codec, v: torch.Tensor):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    k=st.integers(1, 2000),
+    k=st.one_of(st.integers(1, 2000), st.integers(8000, 9000)),  # the numpy path for small rows, torch above 8192
     block=st.sampled_from([1, 3, 64, 256]),
     scale=st.sampled_from([1e-40, 1e-6, 1.0, 1e30]),
     seed=st.integers(0, 2**16),
@@ -92,8 +92,8 @@ def test_bytes_per_step_counts_every_array():
 
 def test_bad_value_formats_are_refused_with_what_was_expected():
     with pytest.raises(InvalidArgumentError, match="expected one of"):
-        parse_value_dtype("int4")
+        parse_value_dtype("int2")
     with pytest.raises(InvalidArgumentError, match="int8_block"):
         Int8Codec(0)
-    assert set(VALUE_DTYPES) == {"float32", "float16", "bfloat16", "int8"}
+    assert set(VALUE_DTYPES) == {"float32", "float16", "bfloat16", "int8", "int4"}
     assert np.dtype(value_codec("bfloat16").arrays(1)["values"][1]) == np.dtype("uint16")

@@ -34,7 +34,7 @@ def test_keywords_override_an_options_object():
     ("int8_block", 2.5, "int8_block"),
     ("mask_seed", -1, r"mask_seed: expected an integer in \[0, 2\*\*63\)"),
     ("sample_id_type", "uuid", "sample_id_type: expected one of"),
-    ("value_dtype", "int4", "value_dtype: expected one of"),
+    ("value_dtype", "int2", "value_dtype: expected one of"),
     ("codec", "gzip", "codec: expected one of"),
     ("plan", 0.5, "plan: expected a PruningPlan"),
 ])

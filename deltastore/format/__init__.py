@@ -5,7 +5,7 @@ Layout of one store (one training run), keys relative to its root::
     zarr.json            Zarr v3 group; attributes["deltastore"] = manifest   (manifest.py)
     commit.json          {"committed_steps": N, "model_fingerprint": ...}     (commit.py)
     gNNNN/values         (steps, k) pruned update values, one row per step    (values.py, layout.py)
-    gNNNN/scales         (steps, ceil(k / block)) float32, int8 values only
+    gNNNN/scales         (steps, ceil(k / block)) float32, int8 and int4 values only
     gNNNN/indices        (steps, k) int32/int64 kept positions, magnitude/global only
     gNNNN/*/c/<i>/<j>    shards in Zarr's sharding format                      (shards.py)
     index/part-*.parquet the sample index, index/_part-*.ids its sorted-id sidecars (deltastore.index)
@@ -31,7 +31,10 @@ from .layout import (
 )
 from .manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_KEY, Group, Manifest, build_groups, group_arrays, load_manifest, model_fingerprint, read_manifest
 from .shards import ShardDecoder, ShardEncoder, ShardLayout, encode_chunk, numcodecs_chain, shard_layout
+from .int4 import Int4Codec
 from .values import (
+    DEFAULT_BLOCK,
+    DEFAULT_INT4_BLOCK,
     DEFAULT_INT8_BLOCK,
     DEFAULT_VALUE_DTYPE,
     VALUE_DTYPES,
@@ -43,9 +46,9 @@ from .values import (
 )
 
 __all__ = [
-    "CODECS", "COMMIT_FILE", "COMMIT_VERSION", "DEFAULT_CODEC", "DEFAULT_CODEC_LEVEL", "DEFAULT_INT8_BLOCK", "DEFAULT_VALUE_DTYPE",
+    "CODECS", "COMMIT_FILE", "COMMIT_VERSION", "DEFAULT_CODEC", "DEFAULT_CODEC_LEVEL", "DEFAULT_BLOCK", "DEFAULT_INT4_BLOCK", "DEFAULT_INT8_BLOCK", "DEFAULT_VALUE_DTYPE",
     "FORMAT_NAME", "FORMAT_VERSION", "INDEX_DIR", "MANIFEST_KEY", "VALUE_DTYPES",
-    "FloatCodec", "Group", "Int8Codec", "Manifest", "ShardDecoder", "ShardEncoder", "ShardLayout", "ValueCodec",
+    "FloatCodec", "Group", "Int4Codec", "Int8Codec", "Manifest", "ShardDecoder", "ShardEncoder", "ShardLayout", "ValueCodec",
     "array_metadata", "build_groups", "check_checksum", "check_manifest_digest", "group_arrays", "group_metadata", "read_manifest", "sha256_of", "with_checksum", "chunk_layout", "compressors_for", "create_rows_array", "default_codec", "encode_chunk",
     "load_manifest", "model_fingerprint", "numcodecs_chain", "parse_codec", "parse_value_dtype", "read_commit",
     "shard_layout", "value_codec", "write_commit", "write_json",

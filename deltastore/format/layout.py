@@ -33,11 +33,12 @@ def default_codec(value_dtype: str) -> str:
     keeps 0.862 of the bytes against 0.857 for Blosc-zstd level 3, at a fifth of the
     encoding CPU (9.6 vs 50.8 ms per 4.6 M values) and 0.6x the decoding time: the
     recorder's writer cost and the forgetting read path both shrink. Float values
-    compress better with zstd.
+    compress better with zstd. int4 codes (packed bytes) likewise: see
+    benchmarks.values.entropy_sweep and RESULTS.md for what entropy coders would add.
     """
     from .values import parse_value_dtype
 
-    return "blosc-lz4" if parse_value_dtype(value_dtype) == "int8" else DEFAULT_CODEC
+    return "blosc-lz4" if parse_value_dtype(value_dtype) in ("int8", "int4") else DEFAULT_CODEC
 
 
 def compressors_for(codec: str, level: int, itemsize: int) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..errors import InvalidArgumentError
-from ..format import DEFAULT_CODEC_LEVEL, DEFAULT_INT8_BLOCK, DEFAULT_VALUE_DTYPE, default_codec, parse_codec, parse_value_dtype
+from ..format import DEFAULT_BLOCK, DEFAULT_CODEC_LEVEL, DEFAULT_INT8_BLOCK, DEFAULT_VALUE_DTYPE, default_codec, parse_codec, parse_value_dtype
 from ..index import ID_TYPES
 from ..plan import PruningPlan
 
@@ -21,11 +21,13 @@ class RecordOptions:
     # The paper's schedule: 90 % pruned in the first weight tensor, linearly to 50 % in the last.
     plan: PruningPlan | None = None
     # int8 with a float32 scale per block: a quarter of float32's bytes, same unlearning accuracy (README).
+    # "int4": two codes per byte, stochastically rounded (an eighth, plus scales; RESULTS.md "int4").
     value_dtype: str = DEFAULT_VALUE_DTYPE
     # None: blosc-lz4 for int8 values, blosc-zstd for floats (format.default_codec says why).
     codec: str | None = None
     codec_level: int | None = None
-    int8_block: int = DEFAULT_INT8_BLOCK
+    # Values per float32 scale of int8 and int4; None: the format's measured default (256 for int8, 64 for int4).
+    int8_block: int | None = None
     # Random masks are regenerated from (seed, step, group): no indices stored.
     mask_seed: int = 0
     mask_pool: int = 4  # base sets per group: 4 x 8k bytes cached; more pools, more mask variety
@@ -35,7 +37,7 @@ class RecordOptions:
     buffer_bytes: int = 256 * 2**20  # host memory for both halves of the double buffer
     # fsync every committed file: survive power loss, not only a killed process.
     fsync: bool = False
-    # Ids given across micro-batches belong to the next real step (else a second samples() means a skipped step).
+    # Accepted for compatibility; no effect: ids given since the last real step always belong to the next one.
     grad_accumulation: bool = False
     record_buffers: bool = True  # BatchNorm running statistics change too: record them
 
@@ -56,8 +58,9 @@ class RecordOptions:
         codec = parse_codec(default_codec(value_dtype) if self.codec is None else self.codec)
         if self.sample_id_type not in ID_TYPES:
             raise InvalidArgumentError(f"sample_id_type: expected one of {ID_TYPES}, got {self.sample_id_type!r}")
+        block = DEFAULT_BLOCK.get(value_dtype, DEFAULT_INT8_BLOCK) if self.int8_block is None else self.int8_block
         for name in ("steps_per_shard", "int8_block", "mask_pool", "buffer_bytes"):
-            v = getattr(self, name)
+            v = block if name == "int8_block" else getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(f"{name}: expected an integer >= 1, got {v!r}")
         seed = self.mask_seed
@@ -67,4 +70,4 @@ class RecordOptions:
             raise InvalidArgumentError(f"plan: expected a PruningPlan, got {type(self.plan).__name__}")
         level = DEFAULT_CODEC_LEVEL[codec] if self.codec_level is None else int(self.codec_level)
         return replace(self, plan=self.plan if self.plan is not None else PruningPlan.layerwise(),
-                       value_dtype=value_dtype, codec=codec, codec_level=level)
+                       value_dtype=value_dtype, codec=codec, codec_level=level, int8_block=block)
