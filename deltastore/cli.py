@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,7 +23,10 @@ from pathlib import Path
 from .errors import DeltaStoreError, InvalidArgumentError
 
 # Used only when running from a source tree that is not installed (no entry points).
-_FALLBACK_PLUGINS = ("unlearning.cli_commands:register_demo", "unlearning.cli_commands:register_forget", "unlearning.cli_commands:register_restore")
+_FALLBACK_PLUGINS = {"audit": "unlearning.cli_audit:register_audit", "demo": "unlearning.cli_commands:register_demo",
+                     "forget": "unlearning.cli_commands:register_forget", "lookup": "unlearning.cli_audit:register_lookup",
+                     "restore": "unlearning.cli_commands:register_restore"}
+STORE_HELP = "the store directory (what Recorder wrote)"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
@@ -30,7 +34,12 @@ EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 def check_store_path(path: str, flag: str = "STORE") -> str:
     """``path`` unless it names something other than a directory (a missing path is left to the
-    reader, which says that no store is there). Shared with the plugin commands."""
+    reader, which says that no store is there). Shared with the plugin commands. An
+    ``s3://bucket/prefix`` URL is passed through: the object-storage backend checks it."""
+    from .storage import is_url
+
+    if is_url(path):
+        return path
     p = Path(path)
     if p.exists() and not p.is_dir():
         what = "is a file" if p.is_file() else "is not a directory"
@@ -65,6 +74,9 @@ def _cmd_info(args) -> int:
         ],
         "bytes": sizes,
         "index_rows": r.index.num_rows,
+        "trained": r.commit.get("trained"),  # the trained weights kept at close (FORMAT.md §5.1), or null
+        # Entries of the unlearning layer's ledger (FORMAT.md §7), counted by name: `deltastore audit` reads them.
+        "ledger_entries": sum(1 for n in r.io.list_dir("ledger") if re.fullmatch(r"\d{8}-[A-Za-z0-9_.-]+\.json", n)),
     }
     if args.json:
         print(json.dumps(info, indent=1))
@@ -75,6 +87,10 @@ def _cmd_info(args) -> int:
     print(f"parameters   {m.num_params:,}; kept per step {m.kept_per_step:,} ({m.kept_per_step / max(1, m.num_params):.1%})")
     print(f"fingerprint  {r.model_fingerprint}")
     print(f"bytes        {sizes['total']:,} total, index {sizes['index']:,}")
+    trained = info["trained"]
+    print(f"trained      {trained['size']:,} B in {trained['key']}" if trained else
+          "trained      none kept (recording not closed, or closed before trained weights were kept)")
+    print(f"ledger       {info['ledger_entries']} entries (`deltastore audit {args.store}` lists them)")
     for t in info["tensors"]:
         g = m.group_of(t["name"])
         b = sum(v for k, v in sizes.items() if k.startswith(g.path + "/"))
@@ -97,15 +113,16 @@ def _cmd_verify(args) -> int:
 
 def build_parser(*, debug: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltastore", description="Record pruned training updates; forget data by subtracting them.")
+    parser.add_argument("--version", action="version", version=f"deltastore {_version()}", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="on failure, show the Python traceback instead of a one-paragraph message")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="manifest, steps and bytes per array")
-    p.add_argument("store")
+    p.add_argument("store", help=STORE_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("verify", help="check every checksum and that index and values agree")
-    p.add_argument("store")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only when stderr is a terminal anyway)")
     p.set_defaults(func=_cmd_verify)
     for register in _plugins(debug):
         register(sub)
@@ -118,20 +135,31 @@ def build_parser(*, debug: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deltastore")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def _plugins(debug: bool = False):
     found = list(entry_points(group="deltastore.commands"))
-    if found:
-        out = []
-        for ep in sorted(found, key=lambda e: e.name):
-            try:
-                out.append(ep.load())
-            except Exception as exc:  # a broken plugin must not take info/verify down with it
-                if debug:
-                    raise
-                print(f"deltastore: warning: could not load the {ep.name!r} command ({ep.value}): {_describe(exc)}", file=sys.stderr)
-        return out
     out = []
-    for spec in _FALLBACK_PLUGINS:
+    for ep in sorted(found, key=lambda e: e.name):
+        try:
+            out.append(ep.load())
+        except Exception as exc:  # a broken plugin must not take info/verify down with it
+            if debug:
+                raise
+            print(f"deltastore: warning: could not load the {ep.name!r} command ({ep.value}): {_describe(exc)}", file=sys.stderr)
+    # A source tree that is not installed, or installed metadata older than the tree
+    # (commands added since): the project's own commands from their modules.
+    names = {ep.name for ep in found}
+    for name, spec in _FALLBACK_PLUGINS.items():
+        if name in names:
+            continue
         mod, _, attr = spec.partition(":")
         try:
             out.append(getattr(importlib.import_module(mod), attr))

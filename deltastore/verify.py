@@ -49,6 +49,13 @@ def verify_store(path: str | os.PathLike, *, progress: bool = False) -> VerifyRe
         return report
     m = reader.manifest
     report.committed_steps = reader.committed_steps
+    from .format.trained import has_trained, read_trained
+
+    if has_trained(reader.commit):  # the trained weights forget/restore derive every model from
+        try:
+            read_trained(reader.io, reader.commit, m)
+        except DeltaStoreError as exc:
+            report.problems.append(Problem(None, None, f"trained weights: {exc}"))
     batches = reader.shard_batches(list(range(reader.committed_steps)))
     bar = progress_bar(len(batches) * len(m.groups), progress, "verifying")
     for b in batches:

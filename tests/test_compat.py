@@ -45,3 +45,24 @@ def test_old_store_reads_bit_for_bit(name, tmp_path):
     for tensor in ("fc1.weight", "fc2.bias"):
         assert torch.equal(reader.read_step(3, tensor), expected[f"step3/{tensor}"])
     assert verify_store(store).ok
+
+
+@pytest.mark.parametrize("name", ["f32-global", "int8-random-layerwise"])
+def test_old_store_without_trained_weights_forgets_incrementally(name, tmp_path):
+    """Stores closed before trained weights were kept: forget/restore fall back to
+    subtracting from (and adding back to) the given model, and say so in the receipt."""
+    from unlearning.forget import forget, restore
+
+    store = tmp_path / name
+    shutil.copytree(FIXTURES / name, store)
+    meta = json.loads((FIXTURES / f"{name}.json").read_text())
+    expected = load_file(str(FIXTURES / f"{name}.expected.safetensors"))
+    reader = StoreReader(store)
+    assert reader.commit.get("trained") is None
+    model = {t.name: torch.zeros(t.shape) for t in reader.manifest.tensors}
+    r = forget(model, store, meta["ids"], force="compat fixture: the trained model was not kept", buffers="subtract")
+    assert r.derived_from == "model" and r.force_reason.startswith("compat fixture")
+    for tensor in model:
+        assert torch.equal(model[tensor], -expected[f"sum_ids/{tensor}"]), tensor
+    restore(model, store, r.request_id)
+    assert all(torch.equal(v, torch.zeros_like(v)) for v in model.values())

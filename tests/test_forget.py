@@ -105,10 +105,28 @@ def test_fingerprint_mismatch_is_refused_unless_forced(tmp_path):
     model, _, _ = record(tmp_path / "s", steps=6)
     with torch.no_grad():
         model.fc1.weight.add_(1.0)
-    with pytest.raises(errors.FingerprintMismatchError, match="fingerprint"):
+    with pytest.raises(errors.FingerprintMismatchError, match=r"fc1\.weight: 2,304 of 2,304 values differ \(max \|diff\| 1\)") as info:
         forget(model, tmp_path / "s", [1])
-    rec = forget(model, tmp_path / "s", [1], force=True)
-    assert rec.forced
+    assert "force=" in str(info.value) and "conv.weight" not in str(info.value)
+    with pytest.raises(errors.InvalidArgumentError, match="expected a reason"):
+        forget(model, tmp_path / "s", [1], force=True)
+    rec = forget(model, tmp_path / "s", [1], force="model edited by hand in a test")
+    assert rec.forced and rec.force_reason == "model edited by hand in a test"
+    assert audit(tmp_path / "s")[0].force_reason == rec.force_reason
+
+
+def test_fingerprint_mismatch_names_dtype_changes_and_batchnorm_buffers(tmp_path):
+    model, _, _ = record(tmp_path / "s", steps=6)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 1, 8, 8))  # a forward pass in train mode moves the running statistics
+    with pytest.raises(errors.FingerprintMismatchError) as info:
+        forget(model, tmp_path / "s", [1])
+    msg = str(info.value)
+    assert "bn.running_mean" in msg and "model.eval()" in msg and "fc1.weight" not in msg
+    half = {k: v.half() if k == "fc2.weight" else v for k, v in _state(model).items()}
+    with pytest.raises(errors.FingerprintMismatchError, match="fc2.weight: dtype float16, expected float32"):
+        forget(half, tmp_path / "s", [1])
 
 
 def test_receipt_and_ledger(tmp_path):
@@ -136,7 +154,7 @@ def test_concurrent_forgets_are_serialised_and_none_is_lost(tmp_path):
             m = TinyNet()
             m.load_state_dict(trained)
             # Every request names a sample of step 0: exactly one of them may subtract it.
-            forget(m, tmp_path / "s", [i, 8 * (i + 1)], request_id=f"r{i}", force=True)
+            forget(m, tmp_path / "s", [i, 8 * (i + 1)], request_id=f"r{i}", force="every thread starts from the trained model")
         except Exception as exc:  # pragma: no cover - reported below
             errs.append(exc)
 

@@ -18,15 +18,19 @@ from deltastore.read import StoreReader
 from .helpers import record
 
 
-def _decode(values: np.ndarray, scales, value_dtype: str, block: int) -> np.ndarray:
+def _decode(values: np.ndarray, scales, value_dtype: str, block: int, k: int) -> np.ndarray:
     if value_dtype == "bfloat16":
         return (values.astype(np.uint32) << 16).view(np.float32)
     if value_dtype == "int8":
         return values.astype(np.float32) * np.repeat(scales, block)[: values.shape[0]]
+    if value_dtype == "int4":  # two's-complement nibbles, the even value low; k from the group
+        nib = np.stack([values & 15, values >> 4], axis=-1).reshape(-1).astype(np.int8)
+        q = np.where(nib > 7, nib - 16, nib)[:k]
+        return q.astype(np.float32) * np.repeat(scales, block)[:k]
     return values.astype(np.float32)
 
 
-@pytest.mark.parametrize("value_dtype,mode", [("int8", "random"), ("bfloat16", "random"), ("float32", "magnitude"), ("float16", "global")])
+@pytest.mark.parametrize("value_dtype,mode", [("int8", "random"), ("int4", "random"), ("bfloat16", "random"), ("float32", "magnitude"), ("float16", "global")])
 def test_a_step_rebuilt_from_zarr_and_the_spec_matches_the_reader(tmp_path, value_dtype, mode):
     record(tmp_path / "s", steps=5, plan=PruningPlan.layerwise(0.8, 0.4, mode=mode), value_dtype=value_dtype, steps_per_shard=4)
     g = zarr.open_group(str(tmp_path / "s"), mode="r")
@@ -39,7 +43,7 @@ def test_a_step_rebuilt_from_zarr_and_the_spec_matches_the_reader(tmp_path, valu
     step = 3
     for grp in manifest["groups"]:
         arrays = g[grp["path"]]
-        vals = _decode(arrays["values"][step], arrays["scales"][step] if value_dtype == "int8" else None, value_dtype, block)
+        vals = _decode(arrays["values"][step], arrays["scales"][step] if value_dtype in ("int8", "int4") else None, value_dtype, block, grp["k"])
         flat = np.zeros(grp["n"], dtype=np.float32)
         if grp["selection"] == "all":
             flat[:] = vals

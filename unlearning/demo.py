@@ -10,6 +10,10 @@
    restore it (the ledger's undo), then forget 1 % of the training samples
    chosen at random with a fixed seed, with membership inference against a
    model retrained without them.
+3. Leave what the CLI needs in ``<store>-out/`` (a local folder): the trained model
+   and the model after each request as safetensors, and each request's ids as
+   text (README's CLI walkthrough runs on them). Request ids are fixed
+   (``demo-class-3``, ``demo-samples``) so the walkthrough can name them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from deltastore.plan import PruningPlan
 from deltastore.devices import parse_device
 from deltastore.read import StoreReader
 from deltastore.record import Recorder
+from deltastore.storage import is_url, open_io
 
 from .baselines import retrain
 from .data import load_digits_split
@@ -42,22 +47,40 @@ SAMPLE_FRACTION = 0.01
 SEED = 0
 
 
-class _Both:
-    """Feeds one batch's ids to several recorders attached to the same optimizer."""
+CLASS_REQUEST = "demo-class-3"
+SAMPLES_REQUEST = "demo-samples"
+OUT_FILES = ("trained.safetensors", "after-forget-class-3.safetensors", "after-restore-class-3.safetensors",
+             "after-forget-samples.safetensors", "class-3-ids.txt", "samples-ids.txt")
 
-    def __init__(self, *recorders):
+
+class _Both:
+    """Feeds one batch's ids to several recorders attached to the same optimizer; ticks the bar."""
+
+    def __init__(self, *recorders, bar=None):
         self.recorders = recorders
+        self.bar = bar
 
     def samples(self, ids, epoch=0):
         for r in self.recorders:
             r.samples(ids, epoch=epoch)
+        if self.bar is not None:
+            self.bar.update(1)
 
 
 def _is_store(path: Path) -> bool:
     return (path / "zarr.json").exists() and (path / "commit.json").exists()
 
 
-def _prepare(path: Path, overwrite: bool) -> None:
+def _prepare(path, overwrite: bool) -> None:
+    if is_url(path):  # s3://bucket/prefix: the object store says what is there
+        io = open_io(path)
+        if io.is_empty():
+            return
+        if overwrite and io.exists("zarr.json") and io.exists("commit.json"):
+            io.delete_prefix("")
+            return
+        hint = " (pass --overwrite to replace an earlier demo store)" if io.exists("commit.json") else ""
+        raise StoreExistsError(f"{path}: expected a new prefix for the demo store, found existing objects{hint}")
     if not path.exists():
         return
     if overwrite and _is_store(path):
@@ -68,26 +91,68 @@ def _prepare(path: Path, overwrite: bool) -> None:
         raise StoreExistsError(f"{path}: expected a new directory for the demo store, found existing files{hint}")
 
 
+def _prepare_out(path: Path, overwrite: bool) -> None:
+    """The outputs folder: new, empty, or (with --overwrite) holding only an earlier demo's files."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        return
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return
+    if overwrite and names <= set(OUT_FILES):
+        for n in names:
+            (path / n).unlink()
+        return
+    hint = " (pass --overwrite to replace an earlier demo's outputs)" if names <= set(OUT_FILES) else ""
+    raise StoreExistsError(f"{path}: expected a new directory for the demo's outputs, found existing files{hint}")
+
+
+def _save(model, path: Path) -> None:
+    from .cli_files import save_weights
+
+    save_weights({k: v.detach() for k, v in model.state_dict().items()}, path)
+
+
+def _write_ids(ids, path: Path) -> None:
+    path.write_text("".join(f"{int(i)}\n" for i in ids))
+
+
 def _mask_accuracy(model, x, y, keep: torch.Tensor) -> float:
     return accuracy(model, x[keep], y[keep]) if bool(keep.any()) else float("nan")
 
 
-def run_demo(store: str | Path, *, dense_store: str | Path | None = None, device: str = "cpu", overwrite: bool = False, epochs: int = EPOCHS, log=print) -> dict:
+def run_demo(store: str | Path, *, dense_store: str | Path | None = None, out_dir: str | Path | None = None, device: str = "cpu",
+             overwrite: bool = False, epochs: int = EPOCHS, log=print, progress: bool = True) -> dict:
+    from deltastore.progress import progress_bar
+
     dev = parse_device(device)
-    store = Path(store)
-    dense_store = Path(dense_store) if dense_store is not None else store.with_name(store.name + "-dense")
+    if out_dir is None:
+        out_dir = (str(store).rstrip("/").rsplit("/", 1)[-1] if is_url(store) else str(Path(store))) + "-out"
+    out_dir = Path(out_dir)
+    if is_url(store):  # s3://bucket/prefix; the dense store goes beside it, <prefix>-dense
+        store = str(store).rstrip("/")
+        dense_store = str(dense_store) if dense_store is not None else store + "-dense"
+    else:
+        store = Path(store)
+        dense_store = Path(dense_store) if dense_store is not None else store.with_name(store.name + "-dense")
     _prepare(store, overwrite)
     _prepare(dense_store, overwrite)
+    _prepare_out(out_dir, overwrite)
     data = load_digits_split(seed=SEED)
     model = build_model("mlp", in_shape=data.in_shape, num_classes=data.num_classes, seed=SEED).to(dev)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     log(f"training the paper's MLP on digits ({data.x_train.shape[0]} train samples) for {epochs} epochs, recording twice")
     t0 = time.perf_counter()
+    bar = progress_bar(epochs * -(-data.x_train.shape[0] // BATCH_SIZE), progress, "training", unit="batch")
     with Recorder(store, model, opt) as rec, Recorder(dense_store, model, opt, plan=PruningPlan.dense(), value_dtype="float32") as dense_rec:
-        train(model, data, epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=SEED, optimizer=opt, recorder=_Both(rec, dense_rec), device=dev)
+        train(model, data, epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=SEED, optimizer=opt, recorder=_Both(rec, dense_rec, bar=bar),
+              device=dev)
+    bar.close()
     train_seconds = time.perf_counter() - t0
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.eval()  # a forward pass in train mode would move BatchNorm statistics (none in the MLP; a habit worth keeping)
+    _save(model, out_dir / "trained.safetensors")
     reader = StoreReader(store)
     dense_reader = StoreReader(dense_store)
     store_bytes = reader.nbytes_stored()["total"]
@@ -115,7 +180,9 @@ def run_demo(store: str | Path, *, dense_store: str | Path | None = None, device
     before_t = _mask_accuracy(model, data.x_test, data.y_test, test_target)
     before_r = _mask_accuracy(model, data.x_test, data.y_test, ~test_target)
     class_ids = data.ids_train[data.positions_of_class(TARGET_CLASS)]
-    receipt = forget(model, reader, class_ids, device=dev)
+    _write_ids(class_ids, out_dir / "class-3-ids.txt")
+    receipt = forget(model, reader, class_ids, device=dev, request_id=CLASS_REQUEST, progress=progress)
+    _save(model, out_dir / "after-forget-class-3.safetensors")
     after_t = _mask_accuracy(model, data.x_test, data.y_test, test_target)
     after_r = _mask_accuracy(model, data.x_test, data.y_test, ~test_target)
     out_class = {
@@ -146,7 +213,8 @@ def run_demo(store: str | Path, *, dense_store: str | Path | None = None, device
     log(f"  conventional amnesiac (dense store): other classes {before_r:.3f} -> {out_class['conventional']['retained_accuracy'][1]:.3f}")
 
     # -- restore: the ledger's undo ---------------------------------------------
-    rr = restore(model, reader, receipt.request_id, device=dev)
+    rr = restore(model, reader, receipt.request_id, device=dev, progress=progress)
+    _save(model, out_dir / "after-restore-class-3.safetensors")
     drift = max(float((model.state_dict()[k].float() - trained[k].float()).abs().max()) for k in trained if trained[k].is_floating_point())
     out["restore"] = {"request_id": rr.restores, "seconds": rr.seconds, "max_abs_diff_to_trained": drift}
     log(f"restore {receipt.request_id}: max |w - w_trained| = {drift:.2e}")
@@ -160,7 +228,9 @@ def run_demo(store: str | Path, *, dense_store: str | Path | None = None, device
     before_f = accuracy(model, data.x_train[forget_pos], data.y_train[forget_pos])
     before_test = accuracy(model, data.x_test, data.y_test)
     mia_before = evaluate(model, data, forget_pos, seed=SEED)
-    receipt2 = forget(model, reader, data.ids_train[forget_pos], device=dev)
+    _write_ids(data.ids_train[forget_pos], out_dir / "samples-ids.txt")
+    receipt2 = forget(model, reader, data.ids_train[forget_pos], device=dev, request_id=SAMPLES_REQUEST, progress=progress)
+    _save(model, out_dir / "after-forget-samples.safetensors")
     log(f"retraining a reference model without the {len(forget_pos)} forgotten samples (for membership inference)")
     reference = retrain(data, forget_pos, model_name="mlp", epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=SEED, device=dev)
     ev = evaluate(model, data, forget_pos, seed=SEED, reference=reference)
@@ -188,12 +258,16 @@ def run_demo(store: str | Path, *, dense_store: str | Path | None = None, device
         f"{m['after']['mia_loss_logreg']:.3f} (retrained {m['retrained']['mia_loss_logreg']:.3f}); loss AUC "
         f"{m['before']['mia_loss_auc']:.3f} -> {m['after']['mia_loss_auc']:.3f} (retrained {m['retrained']['mia_loss_auc']:.3f})")
     out["forget"] = {"class": out_class, "samples": out_samples}
+    out["outputs"] = {name: str(out_dir / name) for name in OUT_FILES}
+    log(f"wrote the trained model, the model after each request and the requests' ids to {out_dir}/ "
+        f"(the README's CLI walkthrough uses them)")
     out["initial_to_trained_max_abs"] = max(float((trained[k].float() - initial[k].float()).abs().max()) for k in initial if initial[k].is_floating_point())
     return out
 
 
 def demo_main(args) -> int:
-    out = run_demo(args.store, dense_store=args.dense_store, device=args.device, overwrite=args.overwrite, epochs=args.epochs)
+    out = run_demo(args.store, dense_store=args.dense_store, out_dir=args.out_dir, device=args.device, overwrite=args.overwrite,
+                   epochs=args.epochs, progress=not args.quiet)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         print(f"wrote {args.json}")

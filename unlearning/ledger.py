@@ -6,8 +6,10 @@ order (docs/FORMAT.md §7). ``ledger/.lock`` serialises concurrent requests on o
 store. Every byte goes through the store's :class:`~deltastore.storage.StoreIO`:
 this module opens no file itself.
 
-A step is *subtracted* when some forget entry subtracted it and no later
-restore entry gave it back; a subtracted step is never subtracted again.
+A forget request is *live* until a restore entry names it; the model is a function
+of the set of live requests (``unlearning.forget``), and a step is *subtracted*
+while some live request holds it. ``ledger/ids/<request id>.parquet`` keeps a
+forget request's ids; its entry carries the file's sha256 (FORMAT.md §7).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 from deltastore.errors import CorruptStoreError, InvalidArgumentError, LedgerError
-from deltastore.format import check_checksum, with_checksum
+from deltastore.format import check_checksum, sha256_of, with_checksum
 from deltastore.storage import StoreIO, open_io
 
 LEDGER_DIR = "ledger"
 LOCK_KEY = f"{LEDGER_DIR}/.lock"
+IDS_DIR = f"{LEDGER_DIR}/ids"
 # Version 2 entries carry ``previous`` (the checksum of the entry before) and ``checksum`` (the
 # sha256 of the entry's canonical JSON without it): a flipped byte, an edited entry or a
 # removed or reordered one in the middle is an error. Version 1 entries (before) have neither.
@@ -58,6 +61,19 @@ class Receipt:
     # treats them like weights. Entries written before the field existed subtracted them.
     buffers: str = "subtract"
     forced: bool = False
+    force_reason: str | None = None  # why the fingerprint check was skipped (required with force)
+    # The request's ids (forget): a Parquet file inside the store, ``ledger/ids/<request>.parquet``,
+    # and the sha256 of its bytes (this entry's checksum covers the digest).
+    ids_file: str | None = None
+    ids_sha256: str | None = None
+    # "trained": the model was derived from the trained weights kept in the store and the live
+    # requests (exact, order-independent); "model": computed from the input model (stores
+    # without trained weights; float rounding accumulates).
+    derived_from: str = "model"
+    # How the forget computed its model (unlearning.methods.api): "amnesiac" (subtraction only)
+    # or "amnesiac+repair", and that method's parameters (repair steps, lr, seed, retained count).
+    method: str = "amnesiac"
+    method_params: dict | None = None
     created: float = 0.0
     sequence: int = -1
     ledger_version: int = LEDGER_VERSION
@@ -66,6 +82,11 @@ class Receipt:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def all_steps(self) -> list[int]:
+        """Every step that saw the request's ids: those it subtracted and those already subtracted."""
+        return sorted(set(self.steps) | set(self.steps_already_subtracted))
 
     @classmethod
     def from_json(cls, obj: dict) -> "Receipt":
@@ -86,6 +107,37 @@ def parse_request_id(request_id: str) -> str:
 def entry_key(sequence: int, request_id: str) -> str:
     """The store key of an entry: ``ledger/NNNNNNNN-<request id>.json``."""
     return f"{LEDGER_DIR}/{sequence:08d}-{request_id}.json"
+
+
+def ids_key(request_id: str) -> str:
+    """The store key of a request's ids: ``ledger/ids/<request id>.parquet``."""
+    return f"{IDS_DIR}/{request_id}.parquet"
+
+
+def encode_ids(ids) -> bytes:
+    """A one-column Parquet table ``sample_id`` (int64 or string), in request order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = list(ids.values) if hasattr(ids, "values") else list(ids)
+    id_type = getattr(ids, "id_type", "string" if values and isinstance(values[0], str) else "int64")
+    col = pa.array(values, type=pa.int64() if id_type == "int64" else pa.string())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"sample_id": col}), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def decode_ids(data: bytes, where: str) -> list:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as exc:  # pyarrow's own error types for bad bytes
+        raise CorruptStoreError(f"{where}: expected a Parquet table of sample ids, could not read it ({exc})") from None
+    if table.column_names != ["sample_id"] or not (pa.types.is_int64(table.schema[0].type) or pa.types.is_string(table.schema[0].type)):
+        raise CorruptStoreError(f"{where}: expected one column sample_id (int64 or string), got {table.schema}")
+    return table.column(0).to_pylist()
 
 
 def _parse_timeout(timeout) -> float:
@@ -179,13 +231,28 @@ class Ledger:
     # ---- questions about entries -----------------------------------------------------
     @staticmethod
     def subtracted_steps(entries: list[Receipt]) -> set[int]:
-        """Steps some forget subtracted and no later restore gave back."""
+        """Steps some forget subtracted and no later restore gave back (the entries' own
+        ``steps``; :meth:`live_steps` is the rule forget and restore use)."""
         out: set[int] = set()
         for r in entries:
             if r.kind == "forget":
                 out.update(r.steps)
             else:
                 out.difference_update(r.steps)
+        return out
+
+    @staticmethod
+    def live_forgets(entries: list[Receipt]) -> list[Receipt]:
+        """Forget entries that no restore entry undoes, in ledger order."""
+        undone = {r.restores for r in entries if r.kind == "restore"}
+        return [r for r in entries if r.kind == "forget" and r.request_id not in undone]
+
+    @staticmethod
+    def live_steps(entries: list[Receipt]) -> set[int]:
+        """Steps of the live forget requests (each request's every step, shared ones included)."""
+        out: set[int] = set()
+        for r in Ledger.live_forgets(entries):
+            out.update(r.all_steps)
         return out
 
     @staticmethod
@@ -211,6 +278,35 @@ class Ledger:
         """LedgerError if an entry already uses ``request_id`` (ids are unique)."""
         if any(r.request_id == request_id for r in entries):
             raise LedgerError(f"request id {request_id!r}: already in the ledger; ids are unique")
+
+    # ---- the ids of a request ------------------------------------------------------------
+    def write_ids(self, request_id: str, ids, *, fsync: bool = True) -> tuple[str, str]:
+        """Write a request's ids (before its entry); returns (key, sha256) for the entry."""
+        data = encode_ids(ids)
+        key = ids_key(request_id)
+        self.io.write(key, data, fsync=fsync)  # replaced whole: a failed earlier attempt left no entry naming it
+        return key, sha256_of(data)
+
+    def read_ids(self, receipt: Receipt) -> list:
+        """The ids of a forget entry, checked against the digest the entry carries.
+
+        LedgerError for entries written before ids were kept; CorruptStoreError naming the
+        file when it is missing, damaged or not a one-column Parquet table of ids.
+        """
+        if receipt.ids_file is None:
+            raise LedgerError(f"request {receipt.request_id!r}: its entry keeps no ids (written before deltastore kept them)")
+        key = receipt.ids_file
+        if key != ids_key(receipt.request_id):
+            raise CorruptStoreError(f"{self.io.where(entry_key(receipt.sequence, receipt.request_id))}: expected ids_file "
+                                    f"{ids_key(receipt.request_id)!r}, got {key!r}")
+        try:
+            data = self.io.read(key)
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected the ids of request {receipt.request_id!r}, the file is missing") from None
+        if sha256_of(data) != receipt.ids_sha256:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected bytes hashing to {str(receipt.ids_sha256)[:23]}... "
+                                    "(the ledger entry's digest), they do not (damaged or edited)")
+        return decode_ids(data, self.io.where(key))
 
     # ---- writing ------------------------------------------------------------------
     def append(self, receipt: Receipt) -> str:

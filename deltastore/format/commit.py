@@ -60,16 +60,22 @@ def write_json(io, key: str, obj, *, fsync: bool) -> None:
 
 
 def write_commit(io, committed_steps: int, fingerprint: str | None, *, fsync: bool, manifest_sha256: str,
-                 index_digests: dict | None = None) -> None:
+                 index_digests: dict | None = None, trained: dict | None = None) -> None:
     """Replace the commit record (the last write of every flush).
 
     ``index_digests``: the JSON digests of every live index object (FORMAT.md §6.2).
+    ``trained``: the reference to the trained weights written at close (FORMAT.md §5.1).
     """
     record = {"commit_version": COMMIT_VERSION, "committed_steps": committed_steps, "model_fingerprint": fingerprint,
               "manifest_sha256": manifest_sha256}
     if index_digests is not None:
         record["index_digests"] = dict(sorted(index_digests.items()))
-    write_json(io, COMMIT_FILE, with_checksum(record), fsync=fsync)
+    if trained is not None:
+        record["trained"] = dict(trained)
+    # Compare-and-swap on the version this writer last read or wrote: on object storage a
+    # second writer's commit in between fails this one (CommitConflictError, FORMAT.md §9);
+    # locally the writer lock already excludes it and this is an atomic replace.
+    io.swap(COMMIT_FILE, json.dumps(with_checksum(record), indent=1, sort_keys=True).encode(), fsync=fsync)
 
 
 def read_commit(io) -> dict:

@@ -105,11 +105,22 @@ def build_groups(specs: Sequence[TensorSpec], plan: PruningPlan) -> list[Group]:
 
 
 def group_arrays(g: Group, values: ValueCodec) -> dict[str, tuple[int, np.dtype, dict]]:
-    """The rows arrays of a group: the value codec's, then ``indices`` if its selection stores them."""
-    out = dict(values.arrays(g.k))
+    """The rows arrays of a group: the value codec's, then ``indices`` if its selection stores them.
+
+    Every array's attributes name the group's tensors (``tensors``), so a Zarr user can tell
+    which tensor ``g0003/values`` holds. Stores written before carry the attributes without
+    it (:func:`legacy_attributes`).
+    """
+    names = {"tensors": list(g.tensors)}
+    out = {name: (cols, dt, {**attrs, **names}) for name, (cols, dt, attrs) in values.arrays(g.k).items()}
     if g.selection.stores_indices:
-        out["indices"] = (g.k, np.dtype(g.index_dtype), {"order": "ascending"})
+        out["indices"] = (g.k, np.dtype(g.index_dtype), {"order": "ascending", **names})
     return out
+
+
+def legacy_attributes(attrs: dict) -> dict:
+    """A rows array's attributes as stores written before arrays named their tensors have them."""
+    return {k: v for k, v in attrs.items() if k != "tensors"}
 
 
 @dataclass(frozen=True)

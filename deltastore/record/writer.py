@@ -27,7 +27,9 @@ import zarr
 from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
 
 from ..errors import DeltaStoreError, RecorderClosedError, RecordingFailedError
-from ..format import Group, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit
+from ..format import Group, Int4Codec, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit
+from ..format.trained import delete_stale_trained, write_trained
+from ..format.int4 import group_rounding_key, step_rounding_key
 from ..index import IndexWriter, digests_to_json
 from ..plan import TensorSpec
 from ..storage import open_io
@@ -72,6 +74,8 @@ class StoreWriter:
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
         self.values = manifest.values
+        self._stochastic = isinstance(self.values, Int4Codec)
+        self._step_key = (-1, 0)  # (step, its rounding-key chain) for stochastic rounding
         self.committed = committed
         self._next_step = committed
         self.fsync = options.fsync
@@ -158,7 +162,13 @@ class StoreWriter:
         """Encode one group's kept values (float, any device) into the current row."""
         buf = self._buffers[self._current]
         row = {name: t[buf.count] for name, t in buf.rows[group.id].items()}
-        self.values.encode_into(values, row)
+        # Stochastic rounding (int4) is seeded from (mask seed, step, group): a re-recording writes the same bytes.
+        key = None
+        if self._stochastic:  # the chain up to the step once per step, one splitmix64 per group
+            if self._step_key[0] != self._next_step:
+                self._step_key = (self._next_step, step_rounding_key(self.manifest.mask_seed, self._next_step))
+            key = group_rounding_key(self._step_key[1], group.id)
+        self.values.encode_into(values, row, rounding_key=key)
         if group.selection.stores_indices:
             row["indices"].copy_(indices, non_blocking=True)
 
@@ -226,6 +236,8 @@ class StoreWriter:
             if event is not None:
                 event.synchronize()  # the non-blocking device->host copies have landed
             end = start + count
+            if self._lease is not None:  # object storage: a lease that may have expired stops us before any write
+                self._lease.check()
             jobs = []
             for a in self._arrays:
                 data = self.values.as_numpy(buf.rows[a.gid][a.name][:count])
@@ -245,10 +257,10 @@ class StoreWriter:
             buf.index_rows = []
             self.write_seconds += time.perf_counter() - t0
 
-    def _commit(self, steps: int, fingerprint: str | None, digests=None) -> None:
+    def _commit(self, steps: int, fingerprint: str | None, digests=None, trained: dict | None = None) -> None:
         digests = self._index.digests() if digests is None else digests
         write_commit(self.io, steps, fingerprint, fsync=self.fsync, manifest_sha256=self.manifest_sha256,
-                     index_digests=digests_to_json(digests))
+                     index_digests=digests_to_json(digests), trained=trained)
 
     def _grow_and_write(self, jobs: list, start: int, end: int) -> None:
         """Grow every array to ``end`` rows, then write rows [start, end) of each.
@@ -290,10 +302,13 @@ class StoreWriter:
         err.__cause__ = exc
         return err
 
-    def close(self, fingerprint: str | None = None) -> None:
+    def close(self, fingerprint: str | None = None, trained=None) -> None:
         """Flush, commit, record the final model's fingerprint, stop the writer thread, release the store.
 
-        After a failed commit nothing more is written: the failure is raised again.
+        ``trained``: the recorded tensors by name (the final model), kept in the store under a
+        fresh key that the last commit record names (FORMAT.md §5.1); forgetting derives every
+        model from them. Only with a ``fingerprint``. After a failed commit nothing more is
+        written: the failure is raised again.
         """
         if self._closed:
             return
@@ -302,7 +317,10 @@ class StoreWriter:
             try:  # compaction is crash-safe; a failure leaves the committed steps as they are
                 # The merged part is recorded before the parts it replaces are deleted.
                 self._index.compact(self.committed, fsync=self.fsync, commit=lambda d: self._commit(self.committed, None, d))
-                self._commit(self.committed, fingerprint)
+                ref = write_trained(self.io, trained, fsync=self.fsync) if trained is not None and fingerprint is not None else None
+                self._commit(self.committed, fingerprint, trained=ref)
+                if ref is not None:
+                    delete_stale_trained(self.io, ref["key"])  # after the commit that no longer names them
             except BaseException as exc:
                 self._error = self._failure(exc, "closing (compacting the index, writing the commit record)")
                 raise self._error from exc

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import unlearning.cli_commands as cli_commands
+import unlearning.cli_files as cli_files
 from deltastore.cli import main
 from tests.helpers import record
 from unlearning.forget import audit
@@ -390,7 +391,7 @@ def test_failing_out_write_leaves_no_ledger_entry_and_no_file(env, tmp_path, mon
     def full(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli_commands.os, "replace", full)
+    monkeypatch.setattr(cli_files.os, "replace", full)
     store = _copy_store(env, tmp_path / "s")
     out = tmp_path / "o.safetensors"
     rc, _, err = run(env.forget(store=store, out=out))
@@ -425,7 +426,7 @@ def test_failing_restore_out_write_changes_nothing(env, tmp_path, monkeypatch):
     forgotten = tmp_path / "f.safetensors"
     assert run(env.forget(store=store, out=forgotten, extra=["--request-id", "r1"]))[0] == 0
     before = snapshot(store)
-    monkeypatch.setattr(cli_commands.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(cli_files.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     out = tmp_path / "back.safetensors"
     rc, _, err = run(["restore", store, "--model", forgotten, "--request", "r1", "--out", out])
     monkeypatch.undo()
@@ -440,7 +441,7 @@ def test_request_id_already_used_is_refused_before_any_work(env, tmp_path):
     assert run(env.forget(store=store, out=tmp_path / "f1.safetensors", extra=["--request-id", "r1"]))[0] == 0
     before = snapshot(store)
     out = tmp_path / "f2.safetensors"
-    rc, _, err = run(env.forget(store=store, out=out, extra=["--request-id", "r1", "--force"]))
+    rc, _, err = run(env.forget(store=store, out=out, extra=["--request-id", "r1", "--force", "testing a reused id"]))
     assert rc == 1
     assert_one_paragraph(err, "forget")
     assert "'r1'" in err and "already in the ledger" in err

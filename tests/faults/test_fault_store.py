@@ -30,7 +30,9 @@ def _kind(rel: str) -> str:
     if rel == "commit.json":
         return "commit record"
     if parts[0] == "ledger":
-        return "ledger entry"
+        return "ledger ids" if parts[1] == "ids" else "ledger entry"
+    if parts[0] == "trained":
+        return "trained weights"
     if parts[0] == "index":
         return "index sidecar" if parts[-1].endswith(".ids") else "index part"
     if parts[-1] == "zarr.json":
@@ -79,7 +81,8 @@ def test_every_file_kind_under_every_damage(source, tmp_path):
     store, state, expected = source
     files = _files(store)
     kinds = collections.Counter(_kind(f) for f in files)
-    assert {"manifest", "commit record", "ledger entry", "index part", "group metadata", "array metadata", "shard"} <= set(kinds)
+    assert {"manifest", "commit record", "ledger entry", "ledger ids", "trained weights", "index part", "group metadata", "array metadata",
+            "shard"} <= set(kinds)
     tally = collections.defaultdict(collections.Counter)
     for rel in files:
         for name, damage in DAMAGES.items():
@@ -106,7 +109,7 @@ def test_every_file_kind_under_every_damage(source, tmp_path):
                 same = all(torch.equal(model[k], expected[k]) for k in expected)
                 assert same, (rel, name, "a damaged store gave a different model")
                 tally[kind]["same answer"] += 1
-            if kind != "ledger entry":  # the ledger is the unlearning layer's: forget checks it, verify does not
+            if not kind.startswith("ledger"):  # the ledger is the unlearning layer's: forget checks it, verify does not
                 assert not report.ok or (new != "delete" and _harmless(raw, new)), (rel, name, "verify missed the damage")
             tally[kind]["cases"] += 1
     print({k: dict(v) for k, v in tally.items()})
