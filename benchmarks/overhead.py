@@ -245,7 +245,12 @@ def run(*, quick: bool, device: str = "cpu", plots: str | None = None, out: str 
         summary["target_met"] = bool(big["overhead"] <= 0.10)
     if plots:
         _plot(rows, plots)
-    return {"rows": rows, "summary": summary}
+    result = {"rows": rows, "summary": summary}
+    if models is None:  # the training-pipeline rows (DDP 2 ranks, HF Trainer, LoRA store size): benchmarks/integrations.py
+        from .integrations import run as run_pipelines
+
+        result["pipelines"] = run_pipelines(quick=quick)
+    return result
 
 
 def _plot(rows: list[dict], folder: str) -> None:

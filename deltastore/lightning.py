@@ -5,6 +5,11 @@
 Batches must carry their sample ids: by default the callback takes
 ``batch["ids"]`` for dict batches and the last element of tuple/list batches;
 pass ``ids_from=`` to say otherwise. Requires ``pip install deltastore[lightning]``.
+
+Rank-aware: under the DDP strategy every rank's callback builds its Recorder with
+the same arguments; rank 0 alone opens the store and writes, the other ranks send
+their batches' ids each step (tensor collectives, no pickle). See
+:mod:`deltastore.distributed`.
 """
 
 from __future__ import annotations

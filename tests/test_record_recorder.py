@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deltastore.format import model_fingerprint
@@ -33,23 +34,61 @@ def test_frozen_parameters_are_not_recorded_and_tied_ones_once(tmp_path):
     assert len(names) == len(set(names))
 
 
-def test_a_skipped_step_records_nothing_and_is_counted(tmp_path):
+def test_ids_of_a_step_that_did_not_run_go_to_the_next_real_step(tmp_path):
     model = TinyNet()
     opt = make_optimizer("sgd", model.parameters())
     with Recorder(tmp_path / "s", model, opt, plan=PruningPlan.dense(), value_dtype="float32") as rec:
         _step(rec, model, opt, [1, 2], step=False)  # e.g. a GradScaler found inf: no optimizer step
         _step(rec, model, opt, [3, 4])
-        assert rec.skipped_steps == 1 and rec.step == 1
+        assert rec.skipped_steps == 0 and rec.step == 1
     r = StoreReader(tmp_path / "s")
     assert r.committed_steps == 1
+    assert r.index.steps_for([1, 2, 3, 4]).tolist() == [0]  # never dropped: over-inclusion is safe
+    assert r.index.lookup([1, 2])[1] == []
+
+
+def test_skip_step_declares_a_skipped_step_and_drops_only_its_ids(tmp_path):
+    model = TinyNet()
+    opt = make_optimizer("sgd", model.parameters())
+    with Recorder(tmp_path / "s", model, opt, plan=PruningPlan.dense(), value_dtype="float32") as rec:
+        _step(rec, model, opt, [1, 2], step=False)
+        rec.skip_step()
+        _step(rec, model, opt, [3, 4])
+        rec.skip_step()  # nothing pending: not a skipped step
+        assert rec.skipped_steps == 1 and rec.step == 1
+    r = StoreReader(tmp_path / "s")
     assert r.index.steps_for([3, 4]).tolist() == [0]
-    assert r.index.lookup([1])[1] == [1]  # the skipped batch's ids are unknown
+    assert r.index.lookup([1, 2])[1] == [1, 2]
+
+
+@pytest.mark.parametrize("declare", [False, True])
+def test_gradscaler_skip_on_cpu_keeps_ids_unless_declared(tmp_path, declare):
+    model = TinyNet()
+    opt = make_optimizer("sgd", model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    x, y = data()
+    with Recorder(tmp_path / "s", model, opt, plan=PruningPlan.dense(), value_dtype="float32") as rec:
+        for ids, poison in (([1, 2], True), ([3], False)):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[:4]), y[:4]) * (float("inf") if poison else 1.0)
+            scaler.scale(loss).backward()
+            rec.samples(ids)
+            before = scaler.get_scale()
+            scaler.step(opt)  # skips optimizer.step() (and its hooks) on inf gradients
+            scaler.update()
+            if declare and scaler.get_scale() < before:
+                rec.skip_step()
+        assert rec.step == 1 and rec.skipped_steps == int(declare)
+    r = StoreReader(tmp_path / "s")
+    assert r.committed_steps == 1
+    assert r.index.steps_for([3]).tolist() == [0]
+    assert r.index.lookup([1, 2])[1] == ([1, 2] if declare else [])
 
 
 def test_with_gradient_accumulation_every_micro_batch_belongs_to_the_next_step(tmp_path):
     model = TinyNet()
     opt = make_optimizer("sgd", model.parameters())
-    with Recorder(tmp_path / "s", model, opt, grad_accumulation=True) as rec:
+    with Recorder(tmp_path / "s", model, opt) as rec:  # grad_accumulation=True is no longer needed
         _step(rec, model, opt, [1, 2], step=False)
         _step(rec, model, opt, [3, 4])
         _step(rec, model, opt, [5])

@@ -19,6 +19,7 @@ previous step, so the changes still sum to final - initial).
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 import weakref
@@ -33,7 +34,8 @@ from ..errors import (
     ModelMismatchError,
     RecorderClosedError,
 )
-from ..format import Group, load_manifest, model_fingerprint
+from ..format import Group, Manifest, load_manifest, model_fingerprint
+from ..distributed import RankGroup, full_delta, full_tensor, is_dtensor, local_part, unwrap_model, unwrap_optimizer
 from ..index import SampleIds, parse_sample_ids
 from ..masks import MaskGenerator
 from ..plan import TensorSpec
@@ -67,6 +69,7 @@ def recorded_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
 
     Frozen parameters (not in the optimizer, or requires_grad=False) never change,
     so they are not recorded; tied parameters appear once, under their first name.
+    Floating-point buffers are recorded when persistent (in the state dict).
     """
     owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
     params: dict[str, torch.Tensor] = {}
@@ -82,7 +85,10 @@ def recorded_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
         )
     if not params:
         raise ModelMismatchError("model: expected at least one trainable parameter owned by the optimizer, found none")
-    buffers = {name: b for name, b in model.named_buffers() if b is not None and b.is_floating_point()}
+    # Non-persistent buffers (rotary frequencies, causal masks) are not model state: derived
+    # constants that a state dict leaves out and training never changes.
+    derived = {f"{m}.{b}" if m else b for m, mod in model.named_modules() for b in getattr(mod, "_non_persistent_buffers_set", ())}
+    buffers = {name: b for name, b in model.named_buffers() if b is not None and b.is_floating_point() and name not in derived}
     return params, buffers
 
 
@@ -118,11 +124,19 @@ class Recorder:
         overwrite anything), ``mode="a"`` reopens it, drops an uncommitted tail
         left by a crash and resumes at the next step.
     model, optimizer : what to record. Hooks are registered on the optimizer
-        and removed by :meth:`close`.
+        and removed by :meth:`close`. Wrappers are looked through: the optimizer
+        inside accelerate's ``AcceleratedOptimizer`` (or anything exposing it as
+        ``.optimizer``) gets the hooks, so only real steps are recorded; DDP and
+        ``torch.compile`` wrappers are removed so the store uses the module's own
+        names. Under ``torch.distributed`` every rank constructs the Recorder with the
+        same arguments and calls :meth:`samples` with its own ids: rank 0 writes, ids
+        are gathered each step, DTensor (FSDP2) updates are gathered whole
+        (:mod:`deltastore.distributed`).
     options : :class:`RecordOptions` (how to prune, encode, buffer and commit);
         keyword arguments override single fields, e.g. ``plan=PruningPlan.uniform(0.8)``,
-        ``value_dtype="float32"``, ``grad_accumulation=True``. Each field's default
-        and the reason for it are in :class:`RecordOptions`.
+        ``value_dtype="float32"``. Each field's default and the reason for it are in
+        :class:`RecordOptions`. ``grad_accumulation=`` is still accepted and no longer needed:
+        ids given by several :meth:`samples` calls before one step all belong to that step.
     """
 
     def __init__(
@@ -133,28 +147,38 @@ class Recorder:
         options: RecordOptions | None = None,
         *,
         mode: str = "w",
+        storage_options: dict | None = None,
         **overrides,
     ):
         opts = RecordOptions.from_kwargs(options, **overrides)
+        # s3://bucket/prefix with obstore S3Store options (else the AWS environment variables).
+        store = open_io(store, storage_options) if storage_options else store
         if not isinstance(model, torch.nn.Module):
             raise InvalidArgumentError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise InvalidArgumentError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if mode not in ("w", "a"):
             raise InvalidArgumentError(f"mode: expected 'w' (create) or 'a' (append), got {mode!r}")
+        # Names of the unwrapped module (no DDP "module." prefix); hooks on the real optimizer,
+        # which steps only on real steps (accelerate's accumulation, GradScaler skips).
+        model = unwrap_model(model)
+        optimizer = unwrap_optimizer(optimizer)
         self.model = model
         self.optimizer = optimizer
         params, buffers = recorded_tensors(model, optimizer)
         if not opts.record_buffers:
             buffers = {}
         specs = specs_of(params, buffers)
-        pin = any(t.is_cuda for t in list(params.values()) + list(buffers.values()))
-        io = open_io(store)
-        if mode == "w":
-            self.writer = StoreWriter.create(io, specs, opts, pin_memory=pin)
+        # Under torch.distributed every rank builds a Recorder with the same arguments: rank 0
+        # writes, the others send their sample ids (and, for DTensor parameters, their shards).
+        self._ranks = RankGroup.current()
+        self._sharded = any(is_dtensor(p) for p in params.values())
+        self._writes = self._ranks is None or self._ranks.rank == 0
+        if self._ranks is not None:
+            self._ranks.require_same("Recorder", json.dumps([mode, repr(opts), [repr(s) for s in specs]]))
+        pin = any(local_part(t).is_cuda for t in list(params.values()) + list(buffers.values()))
+        if self._ranks is None:
+            self.writer = self._open_writer(store, specs, opts, mode, pin)
         else:
-            _check_same_tensors(list(load_manifest(io).tensors), specs, io.url)
-            self.writer = StoreWriter.open_append(io, opts, pin_memory=pin)
+            self.writer = self._open_writer_ranked(store, specs, opts, mode, pin)
         self.manifest = self.writer.manifest
         self._masks = shared_mask_generator(self.manifest.mask_seed, self.manifest.mask_pool)
         self._tensors = {**params, **buffers}
@@ -171,6 +195,30 @@ class Recorder:
         self._pre = optimizer.register_step_pre_hook(self._pre_step)
         self._post = optimizer.register_step_post_hook(self._post_step)
 
+    @staticmethod
+    def _open_writer(store, specs, opts: RecordOptions, mode: str, pin: bool) -> StoreWriter:
+        io = open_io(store)
+        if mode == "w":
+            return StoreWriter.create(io, specs, opts, pin_memory=pin)
+        _check_same_tensors(list(load_manifest(io).tensors), specs, io.url)
+        return StoreWriter.open_append(io, opts, pin_memory=pin)
+
+    def _open_writer_ranked(self, store, specs, opts: RecordOptions, mode: str, pin: bool):
+        """Rank 0 opens the store and tells the others its manifest and next step (or its failure)."""
+        writer, error, opened = None, None, None
+        if self._writes:
+            try:
+                writer = self._open_writer(store, specs, opts, mode, pin)
+                opened = {"manifest": writer.manifest.to_json(), "next_step": writer.next_step}
+            except BaseException as exc:  # every rank must hear of it, or they wait in the next collective
+                error = exc
+        got = self._ranks.share_opened(opened, error)
+        if error is not None:
+            raise error
+        if writer is not None:
+            return writer
+        return _PeerWriter(Manifest.from_json(got["manifest"]), int(got["next_step"]))
+
     # ---- the user-facing line -------------------------------------------------
     def samples(self, sample_ids, epoch: int = 0) -> None:
         """Declare the ids of the samples in the batch that the next optimizer step uses.
@@ -186,11 +234,24 @@ class Recorder:
         ids = parse_sample_ids(sample_ids, self.manifest.sample_id_type)
         if len(ids) == 0:
             raise MissingSampleIdsError("samples(): expected at least one sample id for the step, got an empty batch")
-        if self._pending_ids and not self.grad_accumulation:
-            self.skipped_steps += 1  # the previous batch's step never ran (e.g. GradScaler skip)
-            self._pending_ids = []
+        # Never drop an id: every id given since the last real step belongs to the next real
+        # step (micro-batches of gradient accumulation, a step a GradScaler skipped). Listing
+        # an id with a step it did not shape is safe for forgetting; leaving one out is not.
+        # Only skip_step() discards ids, when the caller knows no step used them.
         self._pending_ids.append(ids)
         self._pending_epoch = int(epoch)
+
+    def skip_step(self) -> None:
+        """Declare that the optimizer step for the ids given since the last real step did not run.
+
+        E.g. an fp16 ``GradScaler`` found inf/NaN gradients and skipped ``optimizer.step()``
+        (``scaler.get_scale()`` went down). Those ids are then not charged to the next real
+        step. Without this call they are (over-inclusion is safe; omission is not).
+        """
+        self._check_open()
+        if self._pending_ids:
+            self.skipped_steps += 1
+        self._pending_ids = []
 
     @property
     def timings(self) -> dict:
@@ -237,11 +298,15 @@ class Recorder:
         self.writer.begin()
         step = self._step_in_flight = self.writer.next_step
         self._before.clear()
+        if not self._writes and not self._sharded:
+            return  # a DDP peer: rank 0 holds the same weights and records them
         for g in self.manifest.groups:
             tensors = [self._tensors[n] for n in g.tensors]
             if self.manifest.tensor(g.tensors[0]).kind == "buffer":
                 continue
-            if g.selection.positions_before_step and tensors[0].device.type == "cpu":
+            if self._sharded:  # FSDP2: each rank keeps its own shard; the deltas are gathered after the step
+                self._before[g.id] = [local_part(t.detach()).float().clone() for t in tensors]
+            elif g.selection.positions_before_step and tensors[0].device.type == "cpu":
                 # A plain copy of the whole tensor, gathered once after the step: on the dev
                 # CPU copying all of ResNet-18 takes 2.7 ms, gathering its kept values 24 ms.
                 flat = tensors[0].detach().reshape(-1)
@@ -269,11 +334,17 @@ class Recorder:
         self._before.clear()
 
     def _merge_ids(self):
-        return self._pending_ids[0] if len(self._pending_ids) == 1 else SampleIds.concat(self._pending_ids)
+        ids = self._pending_ids[0] if len(self._pending_ids) == 1 else SampleIds.concat(self._pending_ids)
+        # Every rank's ids of the step reach rank 0 (a collective: all ranks step together).
+        return ids if self._ranks is None else self._ranks.gather_ids(ids)
 
     def _record_group(self, g: Group) -> None:
+        if not self._writes and not self._sharded:
+            return  # a DDP peer
         tensors = [self._tensors[n] for n in g.tensors]
         if self.manifest.tensor(g.tensors[0]).kind == "buffer":
+            if not self._writes:
+                return  # buffers are not sharded: rank 0's are the model's
             name = g.tensors[0]
             now = tensors[0].detach().float().reshape(-1)
             delta = now - self._buffer_last[name]
@@ -282,6 +353,12 @@ class Recorder:
             return
         before = self._before[g.id]
         step = self._step_in_flight
+        if self._sharded:
+            # Whole-tensor deltas (an all-gather per tensor): masks and top-k see what one process would.
+            delta = torch.cat([full_delta(t, b) for t, b in zip(tensors, before)])
+            if self._writes:
+                self.writer.put(g, *g.selection.select(delta, step, g, self._masks))
+            return
         if g.selection.positions_before_step:
             flat = tensors[0].detach().reshape(-1)
             if before is self._snapshots.get(g.id):  # CPU: the whole delta in the snapshot's memory, then one gather
@@ -306,8 +383,14 @@ class Recorder:
         self._closed = True
         self._pre.remove()
         self._post.remove()
-        fp = model_fingerprint(self._tensors) if fingerprint else None
-        self.writer.close(fp)
+        tensors = self._tensors
+        if self._sharded and fingerprint:  # the whole tensors, gathered from every rank's shard (a collective)
+            tensors = {n: full_tensor(t) for n, t in tensors.items()}
+        fp = model_fingerprint(tensors) if fingerprint and self._writes else None
+        # The trained weights stay in the store (FORMAT.md §5.1): forget/restore derive every
+        # model from them, exactly. Plain tensors only (a sharded DTensor has no local whole).
+        plain = all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors.values())
+        self.writer.close(fp, trained=tensors if fp is not None and plain else None)
 
     def __enter__(self) -> "Recorder":
         return self
@@ -319,3 +402,40 @@ class Recorder:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class _PeerWriter:
+    """What a rank other than 0 holds instead of a StoreWriter: the manifest and a step count.
+
+    Rank 0 writes every byte; peers take part in the collectives of each step only.
+    """
+
+    wait_seconds = 0.0
+    write_seconds = 0.0
+
+    def __init__(self, manifest: Manifest, next_step: int):
+        self.manifest = manifest
+        self.next_step = next_step
+        self.closed = False
+
+    def check(self) -> None:
+        pass
+
+    def begin(self) -> None:
+        pass
+
+    def put(self, group, values, indices=None) -> None:
+        pass
+
+    def end_step(self, sample_ids, epoch: int) -> int:
+        self.next_step += 1
+        return self.next_step - 1
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, fingerprint=None, trained=None) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
