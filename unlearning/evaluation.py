@@ -17,6 +17,11 @@ Three membership-inference (MIA) measures, each documented on its function:
 * :func:`mia_loss_auc` -- ROC AUC of the loss separating ``D_t`` (positive)
   from ``D_f``; 0.5 = indistinguishable, > 0.5 = ``D_f`` still remembered.
 
+Per-example measures against a retrained reference (issue #15):
+:func:`lira_offline_scores` (likelihood-ratio attack with shadow models),
+:func:`attack_auc` / :func:`tpr_at_fpr` on its scores, :func:`ks_forget_quality`
+(TOFU's KS-test p-value) and :func:`privleak` (MUSE's relative AUC gap).
+
 All functions run the model in eval mode without gradients on the device
 its parameters live on (``device=None``) and restore its mode.
 """
@@ -42,6 +47,12 @@ __all__ = [
     "mia_efficacy_svc",
     "mia_loss_auc",
     "evaluate",
+    "logit_confidence",
+    "lira_offline_scores",
+    "attack_auc",
+    "tpr_at_fpr",
+    "ks_forget_quality",
+    "privleak",
 ]
 
 
@@ -386,3 +397,96 @@ def _evaluate_one(model, data: Dataset, is_forget, target_class, seed, device) -
         "n_forget": int(is_forget.sum()),
         "n_retain": int((~is_forget).sum()),
     }
+
+
+# --- per-example attack, forget quality, privacy leak (issue #15) -----------------------
+
+
+def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """``φ = log f(x)_y − log(1 − f(x)_y)``, the logit-scaled confidence LiRA models as Gaussian (float64).
+
+    Computed from log-softmax so memorised samples (``f ≈ 1``) stay finite.
+    """
+    y = torch.as_tensor(y).flatten().to(torch.int64).cpu()
+    logp = torch.log_softmax(logits.double(), dim=1)
+    true = logp.gather(1, y[:, None]).flatten()
+    others = logp.clone()
+    others.scatter_(1, y[:, None], -math.inf)
+    return (true - torch.logsumexp(others, dim=1)).numpy()
+
+
+def lira_offline_scores(target_phi: np.ndarray, shadow_phi: np.ndarray, shadow_in: np.ndarray) -> np.ndarray:
+    """Per-example likelihood-ratio scores, offline LiRA (Carlini et al. 2022, "Membership inference from first principles").
+
+    Parameters
+    ----------
+    target_phi : (n,) logit confidences of the attacked model on ``n`` samples.
+    shadow_phi : (k, n) the same for ``k`` shadow models.
+    shadow_in : (k, n) bool, True where a shadow trained on that sample.
+
+    Each sample gets its own non-member distribution from the shadows that did
+    *not* train on it, ``N(μ_out(x), σ_out²)``; with few shadows per sample the
+    variance is pooled over all samples (the paper's "fixed variance" variant).
+    The score is ``(φ_target(x) − μ_out(x)) / σ_out``: the one-sided
+    likelihood ratio test against "x was not trained on" is monotone in it,
+    so higher = more member-like. Samples with no OUT shadow get NaN.
+    """
+    target_phi = np.asarray(target_phi, dtype=np.float64)
+    shadow_phi = np.asarray(shadow_phi, dtype=np.float64)
+    shadow_in = np.asarray(shadow_in, dtype=bool)
+    if shadow_phi.shape != shadow_in.shape or shadow_phi.shape[1:] != target_phi.shape:
+        raise InvalidArgumentError(
+            f"expected shadow_phi and shadow_in of shape (k, {target_phi.shape[0]}); got {shadow_phi.shape} and {shadow_in.shape}"
+        )
+    out = ~shadow_in
+    count = out.sum(axis=0)
+    mu = np.where(count > 0, np.where(out, shadow_phi, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
+    resid = np.where(out, shadow_phi - mu[None, :], np.nan)
+    sigma = float(np.nanstd(resid)) if np.isfinite(resid).any() else math.nan
+    return (target_phi - mu) / max(sigma, 1e-12)
+
+
+def attack_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+    """ROC AUC of scores (higher = member) separating claimed members from known non-members; 0.5 = chance."""
+    from sklearn.metrics import roc_auc_score
+
+    a = np.asarray(member_scores, dtype=np.float64)
+    b = np.asarray(nonmember_scores, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    return float(roc_auc_score(np.r_[np.ones(len(a)), np.zeros(len(b))], np.r_[a, b]))
+
+
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float = 0.05) -> float:
+    """Fraction of claimed members whose score exceeds the non-members' ``1 − fpr`` quantile (per-example flag rate)."""
+    a = np.asarray(member_scores, dtype=np.float64)
+    b = np.asarray(nonmember_scores, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    return float(np.mean(a > np.quantile(b, 1.0 - float(fpr))))
+
+
+def ks_forget_quality(losses_unlearned: np.ndarray, losses_retrained: np.ndarray) -> dict:
+    """TOFU's "forget quality": two-sample Kolmogorov-Smirnov test between per-sample losses on the forget set.
+
+    Returns ``{"statistic", "pvalue"}``; TOFU / OpenUnlearning report the
+    p-value (high = the unlearned model's losses on the forget set are
+    distributed like the retrained model's; < 0.05 = distinguishable).
+    """
+    from scipy.stats import ks_2samp
+
+    a = np.asarray(losses_unlearned, dtype=np.float64)
+    b = np.asarray(losses_retrained, dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return {"statistic": math.nan, "pvalue": math.nan}
+    res = ks_2samp(a, b)
+    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue)}
+
+
+def privleak(auc_unlearned: float, auc_retrained: float) -> float:
+    """MUSE's PrivLeak: ``(AUC_unlearned − AUC_retrained) / AUC_retrained`` (0 = leaks like retraining; > 0 = under-unlearned)."""
+    if not (math.isfinite(auc_unlearned) and math.isfinite(auc_retrained)) or auc_retrained == 0:
+        return math.nan
+    return (float(auc_unlearned) - float(auc_retrained)) / float(auc_retrained)
