@@ -1,6 +1,6 @@
 """python -m benchmarks <name> --json FILE [--plots DIR] [--device cpu|cuda] [--quick]
 
-Names: storage, overhead, latency, index, paper, all. Each benchmark module has
+Names: storage, overhead, latency, index, paper, values, gpu, stages, efficacy, exact, all. Each benchmark module has
 ``run(*, quick, device, plots, out) -> dict`` returning {"rows": [...], ...};
 this entry point adds the machine description and writes the JSON.
 """
@@ -21,6 +21,11 @@ BENCHMARKS = {
     "latency": "benchmarks.latency",
     "index": "benchmarks.index",
     "paper": "benchmarks.paper",
+    "values": "benchmarks.values",
+    "gpu": "benchmarks.gpu",
+    "stages": "benchmarks.stages",
+    "efficacy": "benchmarks.efficacy",
+    "exact": "benchmarks.exact",
 }
 ALL = ("storage", "overhead", "latency", "index")  # `all`: the storage-engine figures; `paper` runs on its own
 
@@ -33,13 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes, same code path (<= 60 s each on 2 cores)")
     parser.add_argument("--out", default=None, help="output folder (paper: REPORT.md and results.json)")
+    parser.add_argument("--store-url", default=None,
+                        help="latency/overhead: also record and forget on object storage (s3://bucket/prefix), local vs URL rows")
     args = parser.parse_args(argv)
     names = ALL if args.name == "all" else (args.name,)
     info = machine()
     for name in names:
         module = importlib.import_module(BENCHMARKS[name])
         t0 = time.perf_counter()
-        result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out)
+        if args.store_url and name in ("latency", "overhead"):  # local vs object storage: benchmarks/object_store.py
+            module = importlib.import_module("benchmarks.object_store")
+            result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out, store_url=args.store_url)
+        else:
+            result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out)
         # Every row carries the machine, the versions and the run's mode, so rows stay
         # comparable when they are pulled out of their file.
         for row in result.get("rows", []):
