@@ -73,19 +73,13 @@ def register_forget(sub) -> None:
     p = sub.add_parser("forget", help="subtract the stored updates of the steps that saw some samples",
                        description="Forget samples: the new model is the trained model minus the stored updates of every step "
                                    "that saw a sample of a live request. Writes --out, then a ledger entry in the store.")
-    p.add_argument("store", help=STORE_HELP)
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    _add_model_arguments(p)
     p.add_argument("--samples", required=True, help="ids to forget: UTF-8 text (one per line), .json list, or .npy (at most 1 GiB)")
-    p.add_argument("--out", required=True, help=OUT_HELP)
-    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--request-id", default=None,
                    help="name of the request in the ledger (1-80 of A-Z a-z 0-9 _ . -; default: time and a random suffix)")
     p.add_argument("--allow-unknown", action="store_true", help="forget the known ids and list unknown ones instead of failing")
-    p.add_argument("--force", metavar="REASON", default=None, help=FORCE_HELP)
     p.add_argument("--buffers", choices=("keep", "subtract"), default="keep",
                    help="recorded buffers (BatchNorm statistics): keep them (default) or subtract their changes like weights")
-    p.add_argument("--receipt", default=None, help="also write the receipt as JSON here (never overwritten)")
-    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=_forget_cmd)
 
 
@@ -93,15 +87,20 @@ def register_restore(sub) -> None:
     p = sub.add_parser("restore", help="undo a forget request: the model of the other live requests",
                        description="Undo a forget request. On a store with trained weights the result is bit for bit the model "
                                    "the other live requests give (the trained model when none is left).")
+    _add_model_arguments(p)
+    p.add_argument("--request", required=True, help="request id of the forget to undo (`deltastore audit STORE` lists them)")
+    p.set_defaults(func=_restore_cmd)
+
+
+def _add_model_arguments(p) -> None:
+    """What forget and restore share: the store, the model in and out, the device, --force, the receipt."""
     p.add_argument("store", help=STORE_HELP)
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--request", required=True, help="request id of the forget to undo (`deltastore audit STORE` lists them)")
     p.add_argument("--out", required=True, help=OUT_HELP)
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--force", metavar="REASON", default=None, help=FORCE_HELP)
     p.add_argument("--receipt", default=None, help="also write the receipt as JSON here (never overwritten)")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-    p.set_defaults(func=_restore_cmd)
 
 
 # ---- commands --------------------------------------------------------------------------------
