@@ -44,6 +44,17 @@ def data(n: int = 96, seed: int = 0):
     return x, y
 
 
+def train_steps(rec, model, opt, first: int, steps: int, batch: int = 8) -> None:
+    """Steps ``first`` .. ``first + steps - 1`` of TinyNet on :func:`data`, batch ``s`` = ids ``s*batch`` onwards (wrapping)."""
+    x, y = data()
+    for s in range(first, first + steps):
+        idx = torch.arange(s * batch, (s + 1) * batch) % x.shape[0]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        rec.samples(idx, epoch=0)
+        opt.step()
+
+
 def record(path, *, steps: int = 10, batch: int = 8, optimizer: str = "adam", plan: PruningPlan | None = None,
            value_dtype: str = "float32", seed: int = 0, capture: bool = False, model=None, **kw):
     """Train TinyNet for ``steps`` steps while recording. Returns (model, initial state, deltas).

@@ -24,7 +24,7 @@ from deltastore.read import StoreReader
 from deltastore.record import Recorder
 from deltastore.storage import LocalStoreIO
 from deltastore.verify import verify_store
-from tests.helpers import TinyNet, data, make_optimizer
+from tests.helpers import TinyNet, make_optimizer, train_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, BATCH, SPS = 6, 8, 2  # flushes after steps 2 and 4, the tail and compaction at close
@@ -60,13 +60,7 @@ class FailingIO(LocalStoreIO):
 
 
 def _train(rec, model, opt, first: int, steps: int) -> None:
-    x, y = data()
-    for s in range(first, first + steps):
-        idx = torch.arange(s * BATCH, (s + 1) * BATCH) % x.shape[0]
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        rec.samples(idx, epoch=0)
-        opt.step()
+    train_steps(rec, model, opt, first, steps, BATCH)
 
 
 def _record(io, model=None) -> None:

@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from deltastore.errors import DeltaStoreError, StoreExistsError, StoreLockedError
 from deltastore.plan import PruningPlan
@@ -20,19 +19,13 @@ from deltastore.read import StoreReader
 from deltastore.record import Recorder
 from deltastore.storage.object import ObjectStoreIO
 from deltastore.verify import verify_store
-from tests.helpers import TinyNet, data, make_optimizer
+from tests.helpers import TinyNet, make_optimizer, train_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def train(rec, model, opt, steps, start=0, batch=8):
-    x, y = data()
-    for s in range(start, start + steps):
-        idx = torch.arange(s * batch, (s + 1) * batch) % x.shape[0]
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        rec.samples(idx, epoch=0)
-        opt.step()
+def train(rec, model, opt, steps, start=0):
+    train_steps(rec, model, opt, start, steps)
 
 
 def test_racing_creators_exactly_one_wins(s3_url):

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import pickle
-
 import boto3
 import pytest
-from zarr.core.buffer import cpu
-from zarr.testing.store import StoreTests
 
 from deltastore.storage import SeamZarrStore
 from deltastore.storage.object import ObjectStoreIO
+from tests import test_storage_zarr_adapter as local  # a module reference: its class is not collected twice
 from tests.s3.conftest import new_bucket
 
 
-class TestSeamZarrStoreOnS3(StoreTests[SeamZarrStore, cpu.Buffer]):
-    store_cls = SeamZarrStore
-    buffer_cls = cpu.Buffer
+class TestSeamZarrStoreOnS3(local.TestSeamZarrStore):
+    """The local suite (zarr's StoreTests and the adapter's own checks) over an S3 bucket."""
 
     # The suite's own bypass: bytes written and read with boto3, not through the store.
     async def set(self, store: SeamZarrStore, key: str, value) -> None:
@@ -30,16 +26,3 @@ class TestSeamZarrStoreOnS3(StoreTests[SeamZarrStore, cpu.Buffer]):
     @pytest.fixture
     def store_kwargs(self, s3_endpoint) -> dict:
         return {"io": ObjectStoreIO(f"s3://{new_bucket(s3_endpoint)}/zarr"), "read_only": False}
-
-    def test_store_repr(self, store: SeamZarrStore) -> None:
-        assert str(store) == f"deltastore-seam://{store.io.url}"
-
-    def test_store_supports_writes(self, store: SeamZarrStore) -> None:
-        assert store.supports_writes
-
-    def test_store_supports_listing(self, store: SeamZarrStore) -> None:
-        assert store.supports_listing
-
-    async def test_serializable_store(self, store: SeamZarrStore) -> None:
-        with pytest.raises(TypeError):  # deliberately not picklable, as locally
-            pickle.dumps(store)
