@@ -48,10 +48,9 @@ class DeltaStoreCallback(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         if len(trainer.optimizers) != 1:
             raise InvalidArgumentError(f"DeltaStoreCallback: expected exactly one optimizer, got {len(trainer.optimizers)}")
-        kwargs = dict(self.recorder_kwargs)
-        # Lightning steps once per accumulate_grad_batches micro-batches.
-        kwargs.setdefault("grad_accumulation", trainer.accumulate_grad_batches > 1)
-        self.recorder = Recorder(self.store, pl_module, trainer.optimizers[0], **kwargs)
+        # Lightning steps once per accumulate_grad_batches micro-batches: the recorder charges
+        # every micro-batch's ids to the next real step by itself.
+        self.recorder = Recorder(self.store, pl_module, trainer.optimizers[0], **self.recorder_kwargs)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.recorder.samples(self.ids_from(batch), epoch=trainer.current_epoch)

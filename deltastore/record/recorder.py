@@ -182,7 +182,6 @@ class Recorder:
         self.manifest = self.writer.manifest
         self._masks = shared_mask_generator(self.manifest.mask_seed, self.manifest.mask_pool)
         self._tensors = {**params, **buffers}
-        self.grad_accumulation = opts.grad_accumulation
         self._pending_ids: list = []
         self._pending_epoch = 0
         self._before: dict[int, Any] = {}
