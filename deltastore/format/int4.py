@@ -68,6 +68,7 @@ class Int4Codec(BlockScaledCodec):
     """Symmetric int4 codes, two per byte, with one float32 scale per ``block`` values."""
 
     name = "int4"
+    stochastic = True
 
     def __init__(self, block: int = DEFAULT_INT4_BLOCK):
         super().__init__(block)

@@ -39,6 +39,8 @@ class ValueCodec(ABC):
     """How one value format lays a group's k kept values out, per step."""
 
     name: str
+    # Whether encode_into rounds stochastically, and so needs a rounding_key (int4).
+    stochastic: bool = False
 
     @abstractmethod
     def arrays(self, k: int) -> dict[str, tuple[int, np.dtype, dict]]:

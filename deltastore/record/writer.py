@@ -27,7 +27,7 @@ import zarr
 from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
 
 from ..errors import DeltaStoreError, RecorderClosedError, RecordingFailedError
-from ..format import Group, Int4Codec, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit
+from ..format import Group, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit
 from ..format.trained import delete_stale_trained, write_trained
 from ..format.int4 import group_rounding_key, step_rounding_key
 from ..index import IndexWriter, digests_to_json
@@ -74,7 +74,6 @@ class StoreWriter:
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
         self.values = manifest.values
-        self._stochastic = isinstance(self.values, Int4Codec)
         self._step_key = (-1, 0)  # (step, its rounding-key chain) for stochastic rounding
         self.committed = committed
         self._next_step = committed
@@ -164,7 +163,7 @@ class StoreWriter:
         row = {name: t[buf.count] for name, t in buf.rows[group.id].items()}
         # Stochastic rounding (int4) is seeded from (mask seed, step, group): a re-recording writes the same bytes.
         key = None
-        if self._stochastic:  # the chain up to the step once per step, one splitmix64 per group
+        if self.values.stochastic:  # the chain up to the step once per step, one splitmix64 per group
             if self._step_key[0] != self._next_step:
                 self._step_key = (self._next_step, step_rounding_key(self.manifest.mask_seed, self._next_step))
             key = group_rounding_key(self._step_key[1], group.id)
