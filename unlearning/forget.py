@@ -378,16 +378,16 @@ def forget(
         _check_same_plan(ctx.live, plan_json, f"request {request_id!r}")
         before = ctx.check_model(reason)
         steps = sorted(int(s) for s in steps)
-        live_w, live_b = _step_sets(ctx.live)
-        todo = [s for s in steps if s not in set(live_w)]
-        skipped = [s for s in steps if s in set(live_w)]
+        if method != "amnesiac" and not ctx.exact:  # a restore would add the steps back onto the repaired model
+            raise InvalidArgumentError(f"method={method!r}: expected a store with trained weights (closed by a current recorder), {reader.root} has none")
+        live_w, live_b = (set(s) for s in _step_sets(ctx.live))
+        todo = [s for s in steps if s not in live_w]
+        skipped = [s for s in steps if s in live_w]
         receipt = Receipt(request_id=request_id, kind="forget", sample_count=len(ids),
                           unknown_ids=[str(u) if isinstance(u, str) else int(u) for u in unknown],
                           steps=todo, steps_already_subtracted=skipped, plan=plan_json, buffers=buffers)
-        new_b = [s for s in steps if s not in set(live_b)] if buffers == "subtract" else []
+        new_b = [s for s in steps if s not in live_b] if buffers == "subtract" else []
         new, sums = ctx.result(ctx.live + [receipt], (todo, new_b, -1.0, plan_json))
-        if method != "amnesiac" and not ctx.exact:  # a restore would add the steps back onto the repaired model
-            raise InvalidArgumentError(f"method={method!r}: expected a store with trained weights (closed by a current recorder), {reader.root} has none")
         new, receipt.method_params = apply_method(method, options, model, named, new)
         receipt.method = method
         _fill(receipt, ctx, sums, before, {**named, **new}, reason, dev, t0)
