@@ -82,3 +82,30 @@ def record(path, *, steps: int = 10, batch: int = 8, optimizer: str = "adam", pl
             last = now
     rec.close()
     return model, initial, deltas
+
+
+class FailingLocalWrites:
+    """Counts (and, with ``fail_at``, fails with ENOSPC) every write, create and delete through
+    the local backend, under any wrapping seam (encryption included): the fault suites'
+    "a failed write at every write point"."""
+
+    METHODS = ("writer", "create", "delete")
+
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        from deltastore.storage.local import LocalStoreIO
+
+        self.ops: list[str] = []
+        for name in self.METHODS:
+            real = getattr(LocalStoreIO, name)
+            monkeypatch.setattr(LocalStoreIO, name, self._wrap(name, real, fail_at))
+
+    def _wrap(self, name, real, fail_at):
+        import errno
+
+        def op(io, key, *a, **kw):
+            self.ops.append(f"{name} {key}")
+            if fail_at is not None and len(self.ops) - 1 == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device (injected)", key)
+            return real(io, key, *a, **kw)
+
+        return op
