@@ -1,6 +1,6 @@
 """python -m benchmarks <name> --json FILE [--plots DIR] [--device cpu|cuda] [--quick]
 
-Names: storage, overhead, latency, index, paper, values, gpu, stages, efficacy, exact, all. Each benchmark module has
+Names: storage, overhead, latency, index, paper, values, gpu, stages, efficacy, exact, integrations, listing, purge, all. Each benchmark module has
 ``run(*, quick, device, plots, out) -> dict`` returning {"rows": [...], ...};
 this entry point adds the machine description and writes the JSON.
 """
@@ -26,6 +26,9 @@ BENCHMARKS = {
     "stages": "benchmarks.stages",
     "efficacy": "benchmarks.efficacy",
     "exact": "benchmarks.exact",
+    "integrations": "benchmarks.integrations",
+    "listing": "benchmarks.listing",
+    "purge": "benchmarks.purge",
 }
 ALL = ("storage", "overhead", "latency", "index")  # `all`: the storage-engine figures; `paper` runs on its own
 
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (paper: REPORT.md and results.json)")
     parser.add_argument("--store-url", default=None,
                         help="latency/overhead: also record and forget on object storage (s3://bucket/prefix), local vs URL rows")
+    parser.add_argument("--encrypt", action="store_true",
+                        help="latency/overhead: also an encrypted store (deltastore.crypto), figures side by side")
     args = parser.parse_args(argv)
     names = ALL if args.name == "all" else (args.name,)
     info = machine()
@@ -49,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.store_url and name in ("latency", "overhead"):  # local vs object storage: benchmarks/object_store.py
             module = importlib.import_module("benchmarks.object_store")
             result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out, store_url=args.store_url)
+        elif args.encrypt and name in ("latency", "overhead"):
+            if name == "latency":  # encrypted vs plain forget latency: benchmarks/crypto.py
+                module = importlib.import_module("benchmarks.crypto")
+            result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out, encrypt=True)
         else:
             result = module.run(quick=args.quick, device=args.device, plots=args.plots, out=args.out)
         # Every row carries the machine, the versions and the run's mode, so rows stay

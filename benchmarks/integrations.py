@@ -1,22 +1,30 @@
-"""Recording inside training pipelines: DDP (2 CPU ranks), the HF Trainer, LoRA vs full fine-tune.
+"""Recording inside training pipelines: DDP and FSDP2 (2 CPU ranks), the HF Trainer, LoRA vs full fine-tune.
 
 Rows added to ``python -m benchmarks overhead``:
 
-* ``ddp-2-ranks``: an MLP trained with DistributedDataParallel on 2 CPU ranks
-  (gloo on 127.0.0.1). Two variants on the same model, each with its own
-  optimizer, interleaved round by round as in the single-process rows: plain DDP
-  steps, then steps recorded by the default Recorder on every rank (rank 0 writes,
-  ids gathered from both ranks each step). A recorded round's time includes its
-  ``flush()``. ``overhead`` is the median of the paired per-round ratios
-  ``plain_i / recorded_i - 1``.
+* ``ddp-2-ranks``, ``fsdp2-2-ranks`` (and ``fsdp2-2-ranks-dense``, float32 without
+  pruning): an MLP trained on 2 CPU ranks (gloo on 127.0.0.1) with
+  DistributedDataParallel or FSDP2 (``fully_shard``). Three variants on the same
+  model, each with its own optimizer, interleaved round by round as in the
+  single-process rows: plain steps; steps recorded with ``rank_writes="coordinator"``
+  (rank 0 records and writes every group; under FSDP2 every group's update is first
+  assembled on rank 0); and with the default per-rank writes (``"spread"``: each rank
+  records, encodes and writes the groups the plan gives it, rank 0 commits after both
+  ranks' writes). Ids are gathered from both ranks each step in both. A recorded
+  round's time includes its ``flush()``. ``overhead_<variant>`` is the median of the
+  paired per-round ratios ``plain_i / recorded_i - 1``; ``overhead`` is the default's
+  (``rank_writes="auto"``: spread under FSDP2, coordinator under DDP).
+  ``writer_s_*_per_rank`` (writer-thread seconds) include a rank's wait in the commit
+  agreement for the other rank's writes.
 * ``hf-trainer``: the same ``transformers.Trainer`` run (tiny Llama from a config,
   no downloads) with and without :class:`deltastore.hf.DeltaStoreCallback`,
   alternated; the figure is the median paired ratio of ``train_runtime``.
 * ``lora-vs-full``: store bytes per step of the default recording of a LoRA
   fine-tune (r=4 on q/v projections) and a full fine-tune of the same tiny model.
 
-Both machines' cores are shared by the two ranks here: the DDP figure is the
-cost on a saturated 2-core machine, an upper bound for one rank per core.
+Both machines' cores are shared by the two ranks here: the DDP and FSDP2 figures are
+the cost on a saturated 2-core machine, an upper bound for one rank per core.
+``python -m benchmarks integrations`` runs these rows alone.
 """
 
 from __future__ import annotations
@@ -33,50 +41,105 @@ from torch import nn
 
 from .common import median, print_table
 
-QUICK = {"ddp": {"width": 256, "steps": 8, "rounds": 3}, "hf": {"samples": 64, "runs": 2}, "lora": {"steps": 8}}
-FULL = {"ddp": {"width": 1024, "steps": 16, "rounds": 7}, "hf": {"samples": 128, "runs": 4}, "lora": {"steps": 32}}
+# FSDP2 rows: 6 equal hidden layers, so the plan can give each rank half the bytes (one layer is one group).
+QUICK = {"ddp": {"width": 256, "steps": 8, "rounds": 3}, "fsdp": {"width": 256, "depth": 6, "steps": 8, "rounds": 3},
+         "hf": {"samples": 64, "runs": 2}, "lora": {"steps": 8}}
+FULL = {"ddp": {"width": 1024, "steps": 16, "rounds": 7}, "fsdp": {"width": 512, "depth": 6, "steps": 16, "rounds": 7},
+        "hf": {"samples": 128, "runs": 4}, "lora": {"steps": 32}}
 
 
-def _mlp(width: int) -> nn.Module:
+def _mlp(width: int, depth: int = 1) -> nn.Module:
+    """64 -> width, ``depth`` hidden width x width layers, -> 10."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    hidden = [m for _ in range(depth) for m in (nn.Linear(width, width), nn.ReLU())]
+    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), *hidden, nn.Linear(width, 10))
 
 
-def _ddp_rank(rank: int, world: int, port: int, root: str, width: int, steps: int, rounds: int) -> None:
+VARIANTS = ("plain", "coordinator", "spread")
+
+
+def _rank(rank: int, world: int, port: int, root: str, kind: str, width: int, depth: int, steps: int, rounds: int, dense: bool) -> None:
+    """One rank of a DDP or FSDP2 row: the three variants on one model, interleaved round by round."""
     import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from deltastore import Recorder
+    from deltastore.plan import PruningPlan
+    from deltastore.record.exchange import group_step_bytes
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model = DDP(_mlp(width))
-        opts = {v: torch.optim.SGD(model.parameters(), lr=1e-3) for v in ("plain", "recorded")}
-        rec = Recorder(Path(root) / "ddp.ds", model, opts["recorded"], steps_per_shard=steps)
+        model = _mlp(width, depth)
+        if kind == "fsdp2":
+            fully_shard(model)
+        else:
+            model = DDP(model)
+        opts = {v: torch.optim.SGD(model.parameters(), lr=1e-3) for v in VARIANTS}
+        extra = dict(plan=PruningPlan.dense(), value_dtype="float32") if dense else {}
+        recs = {v: Recorder(Path(root) / f"{v}.ds", model, opts[v], steps_per_shard=steps, rank_writes=v, **extra)
+                for v in ("coordinator", "spread")}
         g = torch.Generator().manual_seed(rank)
         batches = [(torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(steps)]
-        times: dict[str, list[float]] = {"plain": [], "recorded": []}
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for rnd in range(rounds + 1):  # round 0 warms up
-            for v in ("plain", "recorded"):
+            for v in VARIANTS:
                 dist.barrier()
                 t0 = time.perf_counter()
                 for i, (x, y) in enumerate(batches):
-                    if v == "recorded":
-                        rec.samples(range(rank * 10**6 + (rnd * steps + i) * 64, rank * 10**6 + (rnd * steps + i + 1) * 64))
+                    if v in recs:
+                        recs[v].samples(range(rank * 10**6 + (rnd * steps + i) * 64, rank * 10**6 + (rnd * steps + i + 1) * 64))
                     nn.functional.cross_entropy(model(x), y).backward()
                     opts[v].step()
                     opts[v].zero_grad()
-                if v == "recorded":
-                    rec.flush()
+                if v in recs:
+                    recs[v].flush()
                 dist.barrier()
                 if rnd:
                     times[v].append(time.perf_counter() - t0)
-        rec.close()
-        if rank == 0:
-            Path(root, "ddp.json").write_text(json.dumps(times))
+        hooks = {v: r.timings for v, r in recs.items()}
+        for v, r in recs.items():  # what the plan gave this rank: stored bytes per step, update elements received
+            hooks[v]["bytes_per_step_written"] = sum(group_step_bytes(r.manifest, g) for g in r.manifest.groups if r._owns(g))
+            hooks[v]["elements_received_per_step"] = r._exchange.received_elements if r._exchange is not None else 0
+        for r in recs.values():
+            r.close()
+        Path(root, f"times-{rank}.json").write_text(json.dumps({"times": times, "timings": hooks}))
     finally:
         dist.destroy_process_group()
+
+
+def measure_ranked(kind: str, width: int, steps: int, rounds: int, depth: int = 1, dense: bool = False) -> dict:
+    """DDP or FSDP2 on 2 ranks: plain vs rank 0 writing every group vs per-rank writes, interleaved in one run."""
+    import torch.multiprocessing as mp
+
+    root = tempfile.mkdtemp(prefix=f"ds-{kind}-bench-")
+    try:
+        load0 = os.getloadavg()[0]
+        mp.spawn(_rank, args=(2, _free_port(), root, kind, width, depth, steps, rounds, dense), nprocs=2, join=True)
+        per_rank = [json.loads(Path(root, f"times-{r}.json").read_text()) for r in range(2)]
+        times = per_rank[0]["times"]
+        row = {"row": f"{kind}-2-ranks" + ("-dense" if dense else ""), "params": sum(p.numel() for p in _mlp(width, depth).parameters()),
+               "layers": depth + 2,
+               "steps_per_round": steps, "rounds": rounds, "steps_per_s_plain": steps / median(times["plain"])}
+        for v in ("coordinator", "spread"):
+            per_round = _paired(times["plain"], times[v])
+            row[f"steps_per_s_{v}"] = steps / median(times[v])
+            row[f"overhead_{v}"] = median(per_round)
+            row[f"overhead_{v}_per_round"] = per_round
+            # Writer-thread seconds per rank (encoding, compression, files): where per-rank writes move work.
+            row[f"writer_s_{v}_per_rank"] = [p["timings"][v]["writer_seconds"] for p in per_rank]
+            row[f"hook_s_{v}_per_rank"] = [p["timings"][v]["hook_seconds"] for p in per_rank]
+            row[f"bytes_per_step_written_{v}_per_rank"] = [p["timings"][v]["bytes_per_step_written"] for p in per_rank]
+            row[f"elements_received_per_step_{v}_per_rank"] = [p["timings"][v]["elements_received_per_step"] for p in per_rank]
+        # The default Recorder (rank_writes="auto": spread under FSDP2, coordinator under DDP) as
+        # "recorded", the columns of the other rows.
+        default = "spread" if kind == "fsdp2" else "coordinator"
+        row.update(steps_per_s_recorded=row[f"steps_per_s_{default}"], overhead=row[f"overhead_{default}"], default=default,
+                   load_avg_1m_start=load0, load_avg_1m_end=os.getloadavg()[0])
+        return row
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -89,24 +152,6 @@ def _free_port() -> int:
 
 def _paired(plain: list[float], recorded: list[float]) -> list[float]:
     return [r / p - 1 for p, r in zip(plain, recorded)]
-
-
-def measure_ddp(width: int, steps: int, rounds: int) -> dict:
-    import torch.multiprocessing as mp
-
-    root = tempfile.mkdtemp(prefix="ds-ddp-bench-")
-    try:
-        load0 = os.getloadavg()[0]
-        mp.spawn(_ddp_rank, args=(2, _free_port(), root, width, steps, rounds), nprocs=2, join=True)
-        times = json.loads(Path(root, "ddp.json").read_text())
-        per_round = _paired(times["plain"], times["recorded"])
-        params = sum(p.numel() for p in _mlp(width).parameters())
-        return {"row": "ddp-2-ranks", "params": params, "steps_per_round": steps, "rounds": rounds,
-                "steps_per_s_plain": steps / median(times["plain"]), "steps_per_s_recorded": steps / median(times["recorded"]),
-                "overhead": median(per_round), "overhead_per_round": per_round,
-                "load_avg_1m_start": load0, "load_avg_1m_end": os.getloadavg()[0]}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _tiny_llama(seed: int = 0, hidden: int = 64, layers: int = 2):
@@ -193,11 +238,16 @@ def measure_lora(steps: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run(*, quick: bool) -> dict:
+def run(*, quick: bool, **_) -> dict:
     """The pipeline rows; each is skipped (with the reason) when its optional package is missing."""
     sizes = QUICK if quick else FULL
     rows, skipped = [], {}
-    rows.append(measure_ddp(**sizes["ddp"]))
+    ranked = [measure_ranked("ddp", **sizes["ddp"]), measure_ranked("fsdp2", **sizes["fsdp"]),
+              measure_ranked("fsdp2", **sizes["fsdp"], dense=True)]
+    rows.append(ranked[0])
+    print_table(ranked, ["row", "params", "steps_per_round", "rounds", "steps_per_s_plain", "steps_per_s_coordinator",
+                         "steps_per_s_spread", "overhead_coordinator", "overhead_spread", "load_avg_1m_start", "load_avg_1m_end"],
+                title="DDP and FSDP2, 2 ranks: rank 0 writes every group vs per-rank writes (CPU)")
     try:
         rows.append(measure_hf(**sizes["hf"]))
     except ImportError as exc:
@@ -212,4 +262,4 @@ def run(*, quick: bool) -> dict:
               f"({lora['full_recorded_params']} params): {lora['lora_over_full_per_step']:.3f}x", flush=True)
     except ImportError as exc:
         skipped["lora-vs-full"] = str(exc)
-    return {"rows": rows, "lora": lora, "skipped": skipped}
+    return {"rows": rows, "ranked": ranked, "lora": lora, "skipped": skipped}

@@ -81,12 +81,15 @@ def measure(
     device: str = "cpu",
     workdir: str | Path | None = None,
     seed: int = 0,
+    encrypt: bool = False,
 ) -> dict:
     """Interleaved plain/recorded/dense rounds of ``steps`` steps each; one result row.
 
     ``shape`` None means scikit-learn's digits (the MLP's data); otherwise
-    synthetic images of that shape.
+    synthetic images of that shape. ``encrypt``: a fourth variant, ``encrypted`` -- the
+    default recorder writing an encrypted store (deltastore.crypto) -- in the same rounds.
     """
+    variants = VARIANTS + (("encrypted",) if encrypt else ())
     dev = torch.device(device)
     if shape is None:
         data = load_digits_split(seed=seed)
@@ -107,7 +110,7 @@ def measure(
         cursor[0] += batch
         return b
 
-    opts = {v: torch.optim.Adam(model.parameters(), lr=1e-3) for v in VARIANTS}
+    opts = {v: torch.optim.Adam(model.parameters(), lr=1e-3) for v in variants}
     root = Path(tempfile.mkdtemp(prefix="ds-overhead-", dir=workdir))
     # One shard per round: each round's flush writes whole shards, as a long run does
     # (a shard part-filled by an early flush would be rewritten through Zarr's slower path).
@@ -116,6 +119,8 @@ def measure(
         "dense": Recorder(root / "dense", model, opts["dense"], plan=PruningPlan.dense(), value_dtype="float32",
                           steps_per_shard=steps),
     }
+    if encrypt:
+        recs["encrypted"] = Recorder(root / "encrypted", model, opts["encrypted"], steps_per_shard=steps, encryption_key=os.urandom(32))
     for v, r in recs.items():
         if steps % r.writer.capacity:
             raise ValueError(f"{model_name}: {steps} steps per round is not a multiple of the {v} recorder's "
@@ -153,18 +158,18 @@ def measure(
 
     load_start = _load()
     try:
-        for v in VARIANTS:
+        for v in variants:
             run_steps(v, steps)  # warm-up round, untimed
-        per_round: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        per_round: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(rounds):
-            for v in VARIANTS:
+            for v in variants:
                 per_round[v].append(steps / run_steps(v, steps, record_parts=True))
         stored = {v: _dir_bytes(root / v) for v in recs}
     finally:
         for r in recs.values():
             r.close(fingerprint=False)
         shutil.rmtree(root, ignore_errors=True)
-    sps = {v: median(per_round[v]) for v in VARIANTS}
+    sps = {v: median(per_round[v]) for v in variants}
     paired = {v: [p / r - 1.0 for p, r in zip(per_round["plain"], per_round[v])] for v in recs}
     # Load-robust view: the fastest round of each part. On 2 busy cores the writer's work
     # cannot hide behind training, so (hook compute + writer) / plain step is what it adds.
@@ -173,7 +178,25 @@ def measure(
                "wait_ms_per_step_median": median(parts[v]["wait_ms"])} for v in recs}
     for v in recs:
         est[v]["overhead_from_parts"] = (est[v]["compute_ms_per_step"] + est[v]["writer_ms_per_step"]) / plain_ms
+    extra = {}
+    if encrypt:  # side by side with "recorded": the same recorder, the same rounds, an encrypted store
+        n_params = count_parameters(model)
+        extra = {
+            "steps_per_s_encrypted": sps["encrypted"],
+            "overhead_encrypted": median(paired["encrypted"]),
+            "overhead_encrypted_per_round": paired["encrypted"],
+            "parts_encrypted": est["encrypted"],
+            "overhead_encrypted_from_parts": est["encrypted"]["overhead_from_parts"],
+            "store_bytes_encrypted": stored["encrypted"],
+            "store_bytes_encrypted_ratio": stored["encrypted"] / stored["recorded"],
+            # Writer-thread nanoseconds per parameter per step (fastest round): what encryption adds to the writer.
+            "writer_ns_per_param_step_recorded": 1e6 * est["recorded"]["writer_ms_per_step"] / n_params,
+            "writer_ns_per_param_step_encrypted": 1e6 * est["encrypted"]["writer_ms_per_step"] / n_params,
+            "recording_ns_per_param_step_recorded": 1e6 * (est["recorded"]["compute_ms_per_step"] + est["recorded"]["writer_ms_per_step"]) / n_params,
+            "recording_ns_per_param_step_encrypted": 1e6 * (est["encrypted"]["compute_ms_per_step"] + est["encrypted"]["writer_ms_per_step"]) / n_params,
+        }
     return {
+        **extra,
         "model": model_name,
         "params": count_parameters(model),
         "input": list(data.in_shape),
@@ -215,12 +238,17 @@ def _dir_bytes(path: Path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def run(*, quick: bool, device: str = "cpu", plots: str | None = None, out: str | None = None, models: dict | None = None) -> dict:
-    """Benchmark entry point; ``models`` overrides the per-model sizes (name -> measure() kwargs)."""
+def run(*, quick: bool, device: str = "cpu", plots: str | None = None, out: str | None = None, models: dict | None = None,
+        encrypt: bool = False) -> dict:
+    """Benchmark entry point; ``models`` overrides the per-model sizes (name -> measure() kwargs).
+
+    ``encrypt`` (``python -m benchmarks overhead --encrypt``): the default recorder also writes an
+    encrypted store in the same interleaved rounds; printed side by side, pipelines skipped.
+    """
     sizes = models if models is not None else (QUICK if quick else FULL)
     rows = []
     for name, kw in sizes.items():
-        rows.append(measure(name, device=device, **kw))
+        rows.append(measure(name, device=device, encrypt=encrypt, **kw))
         r = rows[-1]
         print(f"[overhead] {name}: plain {r['steps_per_s_plain']:.3g} steps/s, recorded {r['steps_per_s_recorded']:.3g}, "
               f"dense {r['steps_per_s_dense']:.3g} (load {r['load_avg_1m_start']:.2f} -> {r['load_avg_1m_end']:.2f})", flush=True)
@@ -243,10 +271,22 @@ def run(*, quick: bool, device: str = "cpu", plots: str | None = None, out: str 
     if big is not None:
         summary["target"] = "overhead <= 0.10 on CPU for the 11 M-parameter model"
         summary["target_met"] = bool(big["overhead"] <= 0.10)
+    if encrypt:
+        print_table(
+            rows,
+            ["model", "params", "steps_per_s_recorded", "steps_per_s_encrypted", "overhead", "overhead_encrypted",
+             "recording_ns_per_param_step_recorded", "recording_ns_per_param_step_encrypted",
+             "writer_ns_per_param_step_recorded", "writer_ns_per_param_step_encrypted",
+             "store_bytes_recorded", "store_bytes_encrypted", "store_bytes_encrypted_ratio"],
+            title="recording: default store vs the same store encrypted (AES-256-GCM per chunk, one step per chunk)",
+        )
+        for r in rows:
+            summary[r["model"]].update({k: r[k] for k in ("overhead_encrypted", "store_bytes_encrypted_ratio",
+                                                          "recording_ns_per_param_step_recorded", "recording_ns_per_param_step_encrypted")})
     if plots:
         _plot(rows, plots)
     result = {"rows": rows, "summary": summary}
-    if models is None:  # the training-pipeline rows (DDP 2 ranks, HF Trainer, LoRA store size): benchmarks/integrations.py
+    if models is None and not encrypt:  # the training-pipeline rows (DDP 2 ranks, HF Trainer, LoRA store size): benchmarks/integrations.py
         from .integrations import run as run_pipelines
 
         result["pipelines"] = run_pipelines(quick=quick)

@@ -25,26 +25,66 @@ from .errors import DeltaStoreError, InvalidArgumentError
 # Used only when running from a source tree that is not installed (no entry points).
 _FALLBACK_PLUGINS = {"audit": "unlearning.cli_audit:register_audit", "demo": "unlearning.cli_commands:register_demo",
                      "forget": "unlearning.cli_commands:register_forget", "lookup": "unlearning.cli_audit:register_lookup",
-                     "restore": "unlearning.cli_commands:register_restore"}
+                     "restore": "unlearning.cli_commands:register_restore", "purge": "unlearning.cli_commands:register_purge"}
 STORE_HELP = "the store directory (what Recorder wrote)"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
-def check_store_path(path: str, flag: str = "STORE") -> str:
+# --key-file of the command being run (main sets it): check_store_path opens encrypted stores with it.
+_KEY_FILE: str | None = None
+
+
+def check_store_path(path: str, flag: str = "STORE"):
     """``path`` unless it names something other than a directory (a missing path is left to the
     reader, which says that no store is there). Shared with the plugin commands. An
-    ``s3://bucket/prefix`` URL is passed through: the object-storage backend checks it."""
+    ``s3://bucket/prefix`` URL is passed through: the object-storage backend checks it.
+
+    An encrypted store comes back opened with its key (a StoreIO that every reader takes in
+    place of the path): ``--key-file PATH``, else $DELTASTORE_KEY_FILE, else $DELTASTORE_KEY.
+    """
     from .storage import is_url
 
-    if is_url(path):
+    if not is_url(path):
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            what = "is a file" if p.is_file() else "is not a directory"
+            raise InvalidArgumentError(f"{flag}: expected a deltastore store (a directory with zarr.json), {path} {what}")
+    return _with_key(path)
+
+
+def _with_key(path: str):
+    """The store opened with the CLI's key when it is encrypted (a key from --key-file for a plain store
+    is an error; one from the environment is simply not used there)."""
+    from .crypto.keys import key_from_env
+
+    key = key_from_env(_KEY_FILE)
+    if key is None:
         return path
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        what = "is a file" if p.is_file() else "is not a directory"
-        raise InvalidArgumentError(f"{flag}: expected a deltastore store (a directory with zarr.json), {path} {what}")
-    return path
+    from .crypto.io import EncryptedStoreIO
+    from .storage import open_io
+
+    io = EncryptedStoreIO(open_io(path), key)
+    try:
+        io.bind()
+    except DeltaStoreError as exc:
+        from .errors import EncryptionKeyError
+
+        if isinstance(exc, EncryptionKeyError) and exc.key_id is None and _KEY_FILE is None:
+            return path  # a plain store, and the key came from the environment
+        if not isinstance(exc, EncryptionKeyError):
+            return path  # no store, or a damaged manifest: the reader says so
+        raise
+    return io
+
+
+def _cmd_keygen(args) -> int:
+    from .crypto.keys import generate_key_file
+
+    key = generate_key_file(args.out)
+    print(f"wrote a new store key to {args.out} (key id {key.key_id}); keep it safe: without it the stores it encrypts cannot be read")
+    return 0
 
 
 def _cmd_info(args) -> int:
@@ -75,6 +115,9 @@ def _cmd_info(args) -> int:
         "bytes": sizes,
         "index_rows": r.index.num_rows,
         "trained": r.commit.get("trained"),  # the trained weights kept at close (FORMAT.md §5.1), or null
+        # Steps a purge erased for good (FORMAT.md §5.2), and purges whose roll-forward is unfinished.
+        "erased_steps": sum(len(e.get("steps", [])) for e in r.commit.get("erased") or []),
+        "pending_purges": [e.get("request") for e in r.commit.get("erased") or [] if e.get("state") == "pending"],
         # Entries of the unlearning layer's ledger (FORMAT.md §7), counted by name: `deltastore audit` reads them.
         "ledger_entries": sum(1 for n in r.io.list_dir("ledger") if re.fullmatch(r"\d{8}-[A-Za-z0-9_.-]+\.json", n)),
     }
@@ -91,6 +134,9 @@ def _cmd_info(args) -> int:
     print(f"trained      {trained['size']:,} B in {trained['key']}" if trained else
           "trained      none kept (recording not closed, or closed before trained weights were kept)")
     print(f"ledger       {info['ledger_entries']} entries (`deltastore audit {args.store}` lists them)")
+    if info["erased_steps"] or info["pending_purges"]:
+        pend = f"; unfinished purge of {', '.join(info['pending_purges'])}" if info["pending_purges"] else ""
+        print(f"erased       {info['erased_steps']} steps purged for good{pend}")
     for t in info["tensors"]:
         g = m.group_of(t["name"])
         b = sum(v for k, v in sizes.items() if k.startswith(g.path + "/"))
@@ -102,6 +148,8 @@ def _cmd_verify(args) -> int:
     from .verify import verify_store
 
     rep = verify_store(check_store_path(args.store), progress=not args.quiet)
+    for note in rep.notes:
+        print(f"NOTE: {note}", file=sys.stderr)
     if rep.ok:
         print(f"OK: {rep.committed_steps} committed steps, {rep.chunks_checked} chunk groups and {rep.index_rows} index rows checked")
         return 0
@@ -115,6 +163,8 @@ def build_parser(*, debug: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltastore", description="Record pruned training updates; forget data by subtracting them.")
     parser.add_argument("--version", action="version", version=f"deltastore {_version()}", help="print the version and exit")
     parser.add_argument("--debug", action="store_true", help="on failure, show the Python traceback instead of a one-paragraph message")
+    parser.add_argument("--key-file", metavar="PATH", default=None,
+                        help="the key of an encrypted store (64 hex characters; else $DELTASTORE_KEY_FILE or $DELTASTORE_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="manifest, steps and bytes per array")
     p.add_argument("store", help=STORE_HELP)
@@ -124,6 +174,9 @@ def build_parser(*, debug: bool = False) -> argparse.ArgumentParser:
     p.add_argument("store", help=STORE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only when stderr is a terminal anyway)")
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("keygen", help="write a new random store key (64 hex characters) for encrypted stores")
+    p.add_argument("out", help="the key file to create (never overwritten; readable by its owner only)")
+    p.set_defaults(func=_cmd_keygen)
     for register in _plugins(debug):
         register(sub)
     # --debug after the subcommand too; SUPPRESS keeps the global flag's value when it is absent here.
@@ -132,6 +185,9 @@ def build_parser(*, debug: bool = False) -> argparse.ArgumentParser:
         if id(p) not in seen:
             seen.add(id(p))
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback on failure")
+            if p.prog.split()[-1] not in ("keygen", "demo"):
+                p.add_argument("--key-file", metavar="PATH", default=argparse.SUPPRESS,
+                               help="the key of an encrypted store (else $DELTASTORE_KEY_FILE or $DELTASTORE_KEY)")
     return parser
 
 
@@ -203,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(debug="--debug" in argv)
     args = parser.parse_args(argv)
+    global _KEY_FILE
+    _KEY_FILE = args.key_file
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -12,12 +12,14 @@ wraps the model and the optimizer, and however many ranks train:
   only (no pickle, no ``all_gather_object``): every rank's sample ids reach rank 0
   each step (string ids as UTF-8 bytes plus lengths), rank 0 tells the other
   ranks what it opened, and every rank checks it was given the same arguments.
-- :func:`full_delta`: the update of a DTensor parameter (FSDP2's ``fully_shard``)
-  as the full tensor, so masks stay defined on the full tensor and a store's
-  decoded updates do not depend on the number of ranks.
+- :class:`CommitGroup`: FSDP2 recordings write per rank (:mod:`deltastore.record.ranked`);
+  their writer threads agree on each flush in a gloo group of the recording's own
+  before rank 0 commits. (How each group's whole update reaches the rank that writes
+  it: :mod:`deltastore.record.exchange`.)
 
 Collectives run on the CPU for gloo and on the current CUDA device for NCCL
-(:attr:`RankGroup.device`); every other line is device-generic.
+(:attr:`RankGroup.device`); the commit agreement always on CPU tensors in a gloo
+group; every other line is device-generic.
 """
 
 from __future__ import annotations
@@ -102,20 +104,6 @@ def local_part(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
-def full_delta(t: torch.Tensor, before_local: torch.Tensor) -> torch.Tensor:
-    """Flat float32 update of ``t`` given its local part before the step; a collective for DTensors.
-
-    For a DTensor each rank subtracts on its own shard; the shards' deltas are
-    then gathered into the full tensor (an all-gather of the update, once per
-    step), so masks and top-k selection see exactly what a single process would.
-    """
-    now = local_part(t.detach()).float()
-    delta = now - before_local
-    if is_dtensor(t):
-        delta = _dtensor_type().from_local(delta, t.device_mesh, t.placements, run_check=False, shape=t.shape, stride=t.stride()).full_tensor()
-    return delta.reshape(-1)
-
-
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor (a collective for DTensors)."""
     return t.detach().full_tensor() if is_dtensor(t) else t.detach()
@@ -178,6 +166,12 @@ class RankGroup:
         self.dist.broadcast(buf, src, group=self.group)
         return buf.cpu().numpy().tobytes()
 
+    def all_min(self, values: list[int]) -> list[int]:
+        """Element-wise minimum over the ranks (a collective): every rank's flags agree."""
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MIN, group=self.group)
+        return t.cpu().tolist()
+
     # ---- what the recorder needs ----------------------------------------------
     def require_same(self, what: str, description: str) -> None:
         """Raise on every rank unless every rank passed the same ``description`` (compared by sha256)."""
@@ -207,6 +201,65 @@ class RankGroup:
         lengths, blob = encode_strings(ids.values)
         parts = zip(self._gather_ragged(lengths), self._gather_ragged(blob))
         return parse_sample_ids([s for lens, raw in parts for s in decode_strings(lens, raw)], "string")
+
+
+def _timeout_of(group):
+    """The timeout the training process group was created with (best effort; None: torch's default)."""
+    import torch.distributed as dist
+
+    try:
+        pg = group if group is not None else dist.distributed_c10d._get_default_group()
+        for device in (torch.device("cpu"), torch.device("cuda")):
+            try:
+                return pg._get_backend(device).options._timeout
+            except (RuntimeError, AttributeError, ValueError):
+                continue
+    except (RuntimeError, AttributeError, ValueError):
+        pass
+    return None
+
+
+class CommitGroup:
+    """A gloo process group of one recording's own, for its commit agreement (per-rank writes).
+
+    The writer thread agrees on each flush while the training thread runs the step's
+    collectives (ids, updates) on the training group: two threads issuing collectives
+    on one group could interleave them differently on different ranks. On a group of
+    its own, used by one thread at a time, each rank issues them in flush order, which
+    is the same on every rank. CPU tensors (gloo) whatever backend the training uses
+    (NCCL included), so the writer thread never touches a device stream. Its timeout is
+    the training group's: a rank that died is noticed as soon as training would notice.
+    """
+
+    def __init__(self, ranks: RankGroup):
+        import torch.distributed as dist
+
+        if not dist.is_gloo_available():  # pragma: no cover - every torch build ships gloo
+            raise InvalidArgumentError("per-rank writes: expected torch.distributed with the gloo backend, got a build without it")
+        timeout = _timeout_of(ranks.group)
+        group = dist.new_group(backend="gloo", **({"timeout": timeout} if timeout is not None else {}))  # a collective
+        self.ranks = RankGroup(group)
+        self.rank, self.world_size = self.ranks.rank, self.ranks.world_size
+
+    def agree(self, error: BaseException | None) -> dict[int, str]:
+        """Every rank's outcome (a collective): {rank: its error} of the ranks that failed; empty if none did."""
+        msg = b"\x00" if error is None else b"\x01" + f"{type(error).__name__}: {error}".encode()[:4000]
+        parts = self.ranks._gather_ragged(torch.frombuffer(bytearray(msg), dtype=torch.uint8))
+        return {r: p.numpy().tobytes()[1:].decode("utf-8", "replace") for r, p in enumerate(parts) if int(p[0])}
+
+    def share(self, error: BaseException | None) -> str | None:
+        """Rank 0's outcome on every rank (a collective): None, or its error."""
+        payload = None
+        if self.rank == 0:
+            payload = b"\x00" if error is None else b"\x01" + f"{type(error).__name__}: {error}".encode()[:4000]
+        got = self.ranks.broadcast_bytes(payload)
+        return got[1:].decode("utf-8", "replace") if got[:1] == b"\x01" else None
+
+    def destroy(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group(self.ranks.group)
 
 
 def encode_strings(values) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,8 @@ __all__ = [
     "StoreLockedError",
     "CommitConflictError",
     "RecordingFailedError",
+    "EncryptionKeyError",
+    "StepErasedError",
 ]
 
 
@@ -142,3 +144,38 @@ class RecordingFailedError(DeltaStoreError, OSError):
 
 def _rebuild_recording_failed(message, committed_steps):
     return RecordingFailedError(message, committed_steps=committed_steps)
+
+
+class EncryptionKeyError(DeltaStoreError, PermissionError):
+    """An encrypted store opened without its key, or with another key (or a key given to a
+    store that is not encrypted). ``key_id`` is the id of the key the store needs (never the key)."""
+
+    def __init__(self, message: str, *, key_id: str | None = None):
+        super().__init__(message)
+        self.key_id = key_id
+
+    def __reduce__(self):
+        return (_rebuild_encryption_key, (str(self), self.key_id))
+
+
+def _rebuild_encryption_key(message, key_id):
+    return EncryptionKeyError(message, key_id=key_id)
+
+
+class StepErasedError(DeltaStoreError, LookupError):
+    """A step whose stored update was erased for good (its data key shredded, or purged):
+    it can never be read again. ``steps`` lists the erased steps asked for."""
+
+    def __init__(self, message: str, *, steps=()):
+        super().__init__(message)
+        self.steps = list(steps)
+
+    def __str__(self) -> str:  # LookupError would otherwise quote the message
+        return str(self.args[0])
+
+    def __reduce__(self):
+        return (_rebuild_step_erased, (str(self), self.steps))
+
+
+def _rebuild_step_erased(message, steps):
+    return StepErasedError(message, steps=steps)

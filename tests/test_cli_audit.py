@@ -55,7 +55,7 @@ def test_version(capsys):
 def test_every_option_and_positional_has_help_text():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert {"info", "verify", "audit", "lookup", "demo", "forget", "restore"} <= set(sub.choices)
+    assert {"info", "verify", "audit", "lookup", "demo", "forget", "restore", "purge"} <= set(sub.choices)
     missing = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions
                if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
     missing += [a.dest for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]

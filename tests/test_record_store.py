@@ -9,6 +9,7 @@ import zarr
 
 from deltastore.errors import StoreExistsError
 from deltastore.format import read_commit, sha256_of
+from deltastore.format.commit import canonical
 from deltastore.read import StoreReader
 from deltastore.record import RecordOptions
 from deltastore.record.store import create_store, open_for_append
@@ -28,7 +29,9 @@ def test_a_new_store_opens_with_plain_zarr_and_commits_nothing(tmp_path):
     manifest, digest = create_store(io, _specs(), RecordOptions.from_kwargs(steps_per_shard=4))
     commit = read_commit(io)
     assert (commit["committed_steps"], commit["model_fingerprint"], commit["manifest_sha256"]) == (0, None, digest)
-    assert digest == sha256_of((tmp_path / "s" / "zarr.json").read_bytes())
+    # Commit version 3 pins the manifest's canonical JSON, not the file's bytes (FORMAT.md §5).
+    assert commit["commit_version"] == 3
+    assert digest == sha256_of(canonical(json.loads((tmp_path / "s" / "zarr.json").read_bytes())["attributes"]["deltastore"]))
     group = zarr.open_group(str(tmp_path / "s"), mode="r")
     assert group.attrs["deltastore"] == json.loads(json.dumps(manifest.to_json()))
     for g in manifest.groups:

@@ -83,8 +83,12 @@ def _audit_cmd(args) -> int:
     print(f"{'#':>3}  {'time':<19}  {'kind':<7}  {'request':<28}  {'samples':>7}  {'steps':>5}  state")
     for e in entries:
         if e.kind == "forget":
-            state = "live" if e.request_id in live_ids else "restored"
+            purged = Ledger.tombstone(entries, e.request_id)
+            state = "live" if e.request_id in live_ids else (f"purged ({purged.request_id})" if purged else "restored")
             steps = len(e.all_steps)
+        elif e.kind == "purge":  # a tombstone: the request made final, its steps erased from the store
+            state = f"tombstone: {e.purges} erased for good"
+            steps = len(e.erased_steps)
         else:
             state = f"undoes {e.restores}"
             steps = len(e.steps)

@@ -92,6 +92,78 @@ def register_restore(sub) -> None:
     p.set_defaults(func=_restore_cmd)
 
 
+def register_purge(sub) -> None:
+    p = sub.add_parser("purge", help="make a forget final: erase its stored updates and sample ids from the store",
+                       description="Purge a forget request: the stored updates of every step it subtracted are overwritten (on an "
+                                   "encrypted store: their data keys are destroyed), its "
+                                   "sample ids leave the index and the ledger (a tombstone stays), and the trained weights are "
+                                   "replaced by a base with those steps folded in. It can no longer be restored. Also finishes "
+                                   "a purge that was interrupted.")
+    p.add_argument("store", help=STORE_HELP)
+    p.add_argument("--request", required=True, help="request id of the forget to make final (`deltastore audit STORE` lists them)")
+    p.add_argument("--model", default=None,
+                   help="optional: the model the store expects now (as for forget); with --out, the new weights are written "
+                        "there (the model changes by float rounding, and by the erased steps' buffer changes with --buffers fold)")
+    p.add_argument("--out", default=None, help="with --model: " + OUT_HELP)
+    p.add_argument("--buffers", choices=("fold", "keep"), default=None,
+                   help="recorded buffers (BatchNorm statistics) in the new base: fold the erased steps' changes in like weights "
+                        "(they carry the batches' data) or keep them as they are; default: as the request's forget did "
+                        "(fold if it subtracted buffers, keep if it kept them)")
+    p.add_argument("--purge-id", default=None, help="name of the tombstone in the ledger (1-80 of A-Z a-z 0-9 _ . -; default: time and a random suffix)")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--force", metavar="REASON", default=None, help=FORCE_HELP)
+    p.add_argument("--receipt", default=None, help="also write the tombstone as JSON here (never overwritten)")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    p.set_defaults(func=_purge_cmd)
+
+
+def _purge_cmd(args) -> int:
+    from deltastore.cli import check_store_path
+    from deltastore.devices import parse_device
+    from deltastore.format import read_commit
+    from deltastore.read import StoreReader
+
+    from .ledger import parse_request_id
+    from .purge import purge
+
+    parse_request_id(args.request)
+    if (args.model is None) != (args.out is None):
+        raise InvalidArgumentError("--model and --out: expected both (to write the new weights) or neither, got only "
+                                   + ("--model" if args.out is None else "--out"))
+    parse_device(args.device)
+    out = check_output_path(args.out, "--out", WEIGHT_SUFFIXES) if args.out else None
+    receipt_path = check_output_path(args.receipt, "--receipt") if args.receipt else None
+    reader = StoreReader(check_store_path(args.store))
+    weights = None
+    if args.model is not None:
+        weights = load_weights(args.model)
+        check_model(weights, reader.manifest, args.model)
+
+    def passed() -> bool:  # the commit point: the commit record names this purge
+        return any(e.get("request") == args.request for e in read_commit(reader.io).get("erased") or [])
+
+    run = lambda hook: purge(reader, args.request, weights, device=args.device, force=args.force, purge_id=args.purge_id,
+                             progress=not args.quiet, before_commit=hook, buffers=args.buffers)
+    with _cli_names():
+        if out is not None:
+            result = _run_committing(run, _OutWriter(weights, out, passed))
+            if not out.exists():  # a pending purge finished: its new state
+                save_weights({**weights, **result.state}, out)
+        else:
+            result = run(None)
+    t = result.receipt
+    if receipt_path is not None:
+        write_receipt(t, receipt_path)
+    print(f"purged request {t.purges}: {len(t.erased_steps)} steps erased, ids file and {len(t.deleted) - 1} checkpoint file(s) "
+          f"deleted, {result.bytes_rewritten:,} B of shards rewritten; tombstone {t.request_id} (ledger entry {t.sequence})")
+    if result.max_change == result.max_change:  # not NaN: this run made the new base
+        print(f"model {t.fingerprint_before[:19]}... -> {t.fingerprint_after[:19]}... (largest change {result.max_change:.3g} in parameters, {result.max_buffer_change:.3g} in buffers)"
+              + (f"; wrote {out}" if out is not None else ""))
+    for line in t.unredacted:
+        print(f"not redacted: {line}")
+    return 0
+
+
 def _add_model_arguments(p) -> None:
     """What forget and restore share: the store, the model in and out, the device, --force, the receipt."""
     p.add_argument("store", help=STORE_HELP)

@@ -15,6 +15,10 @@ requests is subtracted once. Stores closed before trained weights were kept fall
 back to the incremental rule (w − u, then + u on restore; float rounding
 accumulates, the receipt says ``derived_from="model"``).
 
+A purge (:func:`purge`, :mod:`unlearning.purge`) makes a request final: its steps are
+folded into a new base that replaces ``W_trained`` and are left out of every later sum
+(FORMAT.md §5.2).
+
 Everything that can fail (unknown ids, a corrupted chunk, a model that does not
 match) fails *before* the model is touched.
 """
@@ -40,6 +44,8 @@ from deltastore.errors import (
     UnknownSampleIdsError,
 )
 from deltastore.format import model_fingerprint
+from deltastore.format import read_commit
+from deltastore.format.commit import erased_steps, pending_erase
 from deltastore.format.trained import has_trained, read_trained
 from deltastore.index import parse_sample_ids
 from deltastore.plan import PruningPlan
@@ -89,6 +95,16 @@ def _named_tensors(model, reader: StoreReader) -> dict[str, torch.Tensor]:
 
 def _open(store) -> StoreReader:
     return store if isinstance(store, StoreReader) else StoreReader(store)
+
+
+def _finish_pending(reader: StoreReader, lock_timeout: float) -> StoreReader:
+    """A purge interrupted after its commit point is finished before any other request (FORMAT.md §5.2)."""
+    if pending_erase(reader.commit) is None:
+        return reader
+    from .purge import finish_pending
+
+    finish_pending(reader.io, lock_timeout=lock_timeout)
+    return StoreReader(reader.io)
 
 
 def _force_reason(force) -> str | None:
@@ -157,7 +173,8 @@ def _check_fingerprint(current: str, expected_fp: str | None, force: str | None,
     if current == reader.model_fingerprint:
         lines.insert(0, "the model given is the trained model, but live requests are in force (the store expects the last request's result)")
     elif current in known:
-        lines.insert(0, f"the model given is the result of {known[current]}, not of the last request")
+        said = known[current]
+        lines.insert(0, said if said.startswith("the model given") else f"the model given is the result of {said}, not of the last request")
     if not lines and expected is None:
         lines = ["this store keeps no trained weights (closed before deltastore kept them), so the tensors that differ cannot be named"]
     raise FingerprintMismatchError(
@@ -192,15 +209,17 @@ def _check_same_plan(live: list[Receipt], plan_json, what: str) -> None:
             )
 
 
-def _step_sets(requests: list[Receipt]) -> tuple[list[int], list[int]]:
-    """(steps to subtract from parameters, from buffers) for a set of forget requests."""
+def _step_sets(requests: list[Receipt], erased: set[int] = frozenset()) -> tuple[list[int], list[int]]:
+    """(steps to subtract from parameters, from buffers) for a set of forget requests.
+
+    Steps a purge erased are left out: they are folded into the store's base (FORMAT.md §5.2)."""
     weights: set[int] = set()
     buffers: set[int] = set()
     for r in requests:
         weights.update(r.all_steps)
         if r.buffers == "subtract":
             buffers.update(r.all_steps)
-    return sorted(weights), sorted(buffers)
+    return sorted(weights - erased), sorted(buffers - erased)
 
 
 class _Sums:
@@ -238,8 +257,9 @@ def _minus(w: torch.Tensor, u: torch.Tensor | None, sign: float = -1.0) -> torch
 
 
 def _derive(reader: StoreReader, trained: dict[str, torch.Tensor], live: list[Receipt], dev, progress: bool) -> tuple[dict, _Sums]:
-    """W(live) = W_trained − Σ_{s ∈ steps(live)} u_s for every recorded tensor, on ``dev``."""
-    wsteps, bsteps = _step_sets(live)
+    """W(live) = W_trained − Σ_{s ∈ steps(live) − erased} u_s for every recorded tensor, on ``dev``
+    (``W_trained``: the store's base, the trained weights or, after a purge, their replacement)."""
+    wsteps, bsteps = _step_sets(live, erased_steps(reader.commit))
     sums = _Sums(reader, wsteps, bsteps, live[0].plan if live else None, dev, progress)
     return {name: _minus(trained[name].to(dev), sums.updates[name]) for name in trained}, sums
 
@@ -259,12 +279,34 @@ def _commit(named: dict[str, torch.Tensor], new: dict[str, torch.Tensor], receip
             named[name].copy_(t)
 
 
+def _check_tombstones(reader: StoreReader, ledger: Ledger, entries: list[Receipt]) -> None:
+    """Every finished purge the commit record lists has its tombstone: a missing one would make
+    the purged request look live (its steps are folded into the base, FORMAT.md §5.2)."""
+    from deltastore.errors import CorruptStoreError
+    from deltastore.format.commit import erased_records
+
+    from .ledger import LEDGER_DIR
+
+    for rec in erased_records(reader.commit, reader.io.where("commit.json")):
+        if rec["state"] != "done":
+            continue
+        tomb = Ledger.tombstone(entries, rec["request"])
+        if tomb is None or tomb.request_id != rec["purge"]:
+            raise CorruptStoreError(f"{reader.io.where(LEDGER_DIR)}/NNNNNNNN-{rec['purge']}.json: expected the tombstone of purge "
+                                    f"{rec['purge']!r} (request {rec['request']!r}, named by commit.json), the ledger has none "
+                                    "(deleted or replaced)")
+
+
 class _Context:
     """What forget and restore both read under the ledger lock."""
 
     def __init__(self, reader: StoreReader, ledger: Ledger, named, dev, progress: bool):
+        if read_commit(reader.io) != reader.commit:  # a purge (or close) committed since the reader opened
+            reader = StoreReader(reader.io)
         self.reader, self.ledger, self.named, self.dev, self.progress = reader, ledger, named, dev, progress
+        self.erased = erased_steps(reader.commit)
         self.entries = ledger.entries()
+        _check_tombstones(reader, ledger, self.entries)
         self.live = Ledger.live_forgets(self.entries)
         self.exact = has_trained(reader.commit)
         self._trained = None
@@ -281,6 +323,12 @@ class _Context:
         expected = Ledger.expected_fingerprint(self.entries, self.reader.model_fingerprint)
         state = (lambda: _derive(self.reader, self.trained, self.live, self.dev, False)[0]) if self.exact else None
         known = {e.fingerprint_after: f"ledger entry {e.sequence} ({e.kind} {e.request_id})" for e in self.entries if e.fingerprint_after}
+        last = self.entries[-1] if self.entries else None
+        if last is not None and last.kind == "purge" and last.fingerprint_before:
+            known[last.fingerprint_before] = (
+                f"the model given is the state before purge {last.request_id} (ledger entry {last.sequence}), which derived the "
+                "model from a new base (float rounding; buffers folded in): use the state the purge returned, or pass "
+                f"{_opt('force')} (the result is derived from the base either way)")
         _check_fingerprint(before, expected, force, self.reader, self.named, state, known)
         return before
 
@@ -351,7 +399,7 @@ def forget(
     options = method_options if method_options is not None else MethodOptions()
     method = parse_method(method, options, model)
     reason = _force_reason(force)
-    reader = _open(store)
+    reader = _finish_pending(_open(store), lock_timeout)
     if reader.committed_steps == 0:
         raise EmptyStoreError(f"{reader.root}: expected a store with committed steps to forget from, got none (was recording closed?)")
     ids = parse_sample_ids(sample_ids, reader.manifest.sample_id_type)
@@ -380,11 +428,11 @@ def forget(
         steps = sorted(int(s) for s in steps)
         if method != "amnesiac" and not ctx.exact:  # a restore would add the steps back onto the repaired model
             raise InvalidArgumentError(f"method={method!r}: expected a store with trained weights (closed by a current recorder), {reader.root} has none")
-        live_w, live_b = (set(s) for s in _step_sets(ctx.live))
+        live_w, live_b = (set(s) | ctx.erased for s in _step_sets(ctx.live))  # erased steps stay subtracted
         todo = [s for s in steps if s not in live_w]
         skipped = [s for s in steps if s in live_w]
-        receipt = Receipt(request_id=request_id, kind="forget", sample_count=len(ids),
-                          unknown_ids=[str(u) if isinstance(u, str) else int(u) for u in unknown],
+        # Unknown ids are kept only in the ids file (which a purge deletes), counted here.
+        receipt = Receipt(request_id=request_id, kind="forget", sample_count=len(ids), unknown_count=len(unknown),
                           steps=todo, steps_already_subtracted=skipped, plan=plan_json, buffers=buffers)
         new_b = [s for s in steps if s not in live_b] if buffers == "subtract" else []
         new, sums = ctx.result(ctx.live + [receipt], (todo, new_b, -1.0, plan_json))
@@ -392,6 +440,7 @@ def forget(
         receipt.method = method
         _fill(receipt, ctx, sums, before, {**named, **new}, reason, dev, t0)
         _commit(named, new, receipt, ledger, before_commit, ids=ids)
+    receipt.unknown_ids = [str(u) if isinstance(u, str) else int(u) for u in unknown]  # for the caller only, not in the ledger
     return receipt
 
 
@@ -426,7 +475,7 @@ def restore(
     All or nothing, as :func:`forget` (``force`` and ``before_commit`` likewise).
     """
     reason = _force_reason(force)
-    reader = _open(store)
+    reader = _finish_pending(_open(store), lock_timeout)
     named = _named_tensors(model, reader)
     first = next(iter(named.values()))
     dev = parse_device(device if device is not None else first.device)
@@ -435,11 +484,16 @@ def restore(
     with ledger.locked(lock_timeout):
         ctx = _Context(reader, ledger, named, dev, progress)
         target = Ledger.forget_entry(ctx.entries, request_id, where=ledger.dir)
+        tomb = Ledger.tombstone(ctx.entries, request_id)
+        if tomb is not None:
+            raise LedgerError(f"restore: request {request_id!r} was purged for good (tombstone: ledger entry {tomb.sequence}, "
+                              f"purge {tomb.request_id!r}); its stored updates and ids are erased, it cannot be restored")
         if Ledger.restored(ctx.entries, request_id):
             raise LedgerError(f"restore: request {request_id!r} was already restored")
         before = ctx.check_model(reason)
         live_after = [r for r in ctx.live if r.request_id != request_id]
-        (w0, b0), (w1, b1) = _step_sets(ctx.live), _step_sets(live_after)
+        # Steps a purge erased stay subtracted: a request sharing them gets back only the rest.
+        (w0, b0), (w1, b1) = _step_sets(ctx.live, ctx.erased), _step_sets(live_after, ctx.erased)
         back_w = sorted(set(w0) - set(w1))
         back_b = sorted(set(b0) - set(b1))
         new, sums = ctx.result(live_after, (back_w, back_b, +1.0, target.plan))
@@ -458,3 +512,10 @@ def audit(store: str | os.PathLike) -> list[Receipt]:
 def live_requests(store) -> list[Receipt]:
     """The forget requests in force now (made and not restored), in ledger order."""
     return Ledger.live_forgets(audit(store) if not isinstance(store, StoreReader) else Ledger(store.io).entries())
+
+
+def purge(store, request_id: str, model=None, **kwargs):
+    """Make a forget request final: :func:`unlearning.purge.purge` (erases its updates and ids from the store)."""
+    from .purge import purge as _purge
+
+    return _purge(store, request_id, model, **kwargs)

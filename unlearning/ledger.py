@@ -35,7 +35,7 @@ IDS_DIR = f"{LEDGER_DIR}/ids"
 # sha256 of the entry's canonical JSON without it): a flipped byte, an edited entry or a
 # removed or reordered one in the middle is an error. Version 1 entries (before) have neither.
 LEDGER_VERSION = 2
-KINDS = ("forget", "restore")
+KINDS = ("forget", "restore", "purge")
 _NAME = re.compile(r"^(\d{8})-([A-Za-z0-9_.-]+)\.json$")
 
 
@@ -74,6 +74,17 @@ class Receipt:
     # or "amnesiac+repair", and that method's parameters (repair steps, lr, seed, retained count).
     method: str = "amnesiac"
     method_params: dict | None = None
+    # forget: how many requested ids the index never saw (the ids themselves are only in the
+    # ids file, which a purge deletes; entries written before kept them inline in unknown_ids).
+    unknown_count: int = 0
+    # purge (a tombstone, FORMAT.md §7.2): the forget request made final, and what the purge
+    # erased and wrote. No sample ids.
+    purges: str | None = None
+    erased_steps: list[int] = field(default_factory=list)
+    trained_key: str | None = None  # the new base (trained weights with the erased steps folded in)
+    trained_sha256: str | None = None
+    deleted: list[str] = field(default_factory=list)  # store keys deleted besides rows and parts (ids file, checkpoints)
+    unredacted: list[str] = field(default_factory=list)  # what the purge could not redact (older entries' inline ids)
     created: float = 0.0
     sequence: int = -1
     ledger_version: int = LEDGER_VERSION
@@ -138,6 +149,13 @@ def decode_ids(data: bytes, where: str) -> list:
     if table.column_names != ["sample_id"] or not (pa.types.is_int64(table.schema[0].type) or pa.types.is_string(table.schema[0].type)):
         raise CorruptStoreError(f"{where}: expected one column sample_id (int64 or string), got {table.schema}")
     return table.column(0).to_pylist()
+
+
+def _ids_digest(io, key: str, data: bytes) -> str:
+    """The ids file's digest: sha256, or in an encrypted store a keyed HMAC (a plain hash of the ids would
+    let anyone holding the ledger confirm a guessed list of ids; deltastore.crypto)."""
+    keyed = getattr(type(io), "keyed_digest", None)
+    return keyed(io, key, data) if keyed is not None else sha256_of(data)
 
 
 def _parse_timeout(timeout) -> float:
@@ -237,15 +255,23 @@ class Ledger:
         for r in entries:
             if r.kind == "forget":
                 out.update(r.steps)
-            else:
+            elif r.kind == "restore":  # a purge gives nothing back (its steps stay subtracted)
                 out.difference_update(r.steps)
         return out
 
     @staticmethod
     def live_forgets(entries: list[Receipt]) -> list[Receipt]:
-        """Forget entries that no restore entry undoes, in ledger order."""
-        undone = {r.restores for r in entries if r.kind == "restore"}
+        """Forget entries that no restore entry undoes and no purge made final, in ledger order.
+
+        (A purged request's steps are folded into the store's base, FORMAT.md §5.2: it is
+        neither live nor restorable.)"""
+        undone = {r.restores for r in entries if r.kind == "restore"} | {r.purges for r in entries if r.kind == "purge"}
         return [r for r in entries if r.kind == "forget" and r.request_id not in undone]
+
+    @staticmethod
+    def tombstone(entries: list[Receipt], request_id: str) -> Receipt | None:
+        """The purge entry that made the forget request ``request_id`` final, or None."""
+        return next((r for r in entries if r.kind == "purge" and r.purges == request_id), None)
 
     @staticmethod
     def live_steps(entries: list[Receipt]) -> set[int]:
@@ -285,7 +311,7 @@ class Ledger:
         data = encode_ids(ids)
         key = ids_key(request_id)
         self.io.write(key, data, fsync=fsync)  # replaced whole: a failed earlier attempt left no entry naming it
-        return key, sha256_of(data)
+        return key, _ids_digest(self.io, key, data)
 
     def read_ids(self, receipt: Receipt) -> list:
         """The ids of a forget entry, checked against the digest the entry carries.
@@ -303,7 +329,7 @@ class Ledger:
             data = self.io.read(key)
         except FileNotFoundError:
             raise CorruptStoreError(f"{self.io.where(key)}: expected the ids of request {receipt.request_id!r}, the file is missing") from None
-        if sha256_of(data) != receipt.ids_sha256:
+        if _ids_digest(self.io, key, data) != receipt.ids_sha256:
             raise CorruptStoreError(f"{self.io.where(key)}: expected bytes hashing to {str(receipt.ids_sha256)[:23]}... "
                                     "(the ledger entry's digest), they do not (damaged or edited)")
         return decode_ids(data, self.io.where(key))

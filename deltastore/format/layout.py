@@ -41,7 +41,8 @@ def default_codec(value_dtype: str) -> str:
     return "blosc-lz4" if parse_value_dtype(value_dtype) in ("int8", "int4") else DEFAULT_CODEC
 
 
-def compressors_for(codec: str, level: int, itemsize: int) -> list:
+def compressors_for(codec: str, level: int, itemsize: int, key_id: str | None = None) -> list:
+    """Zarr's bytes-to-bytes codecs of an inner chunk; ``key_id``: an encrypted store's (FORMAT.md §12.2)."""
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
     shuffle = "shuffle" if itemsize > 1 else "bitshuffle"
@@ -53,33 +54,42 @@ def compressors_for(codec: str, level: int, itemsize: int) -> list:
         comp = [ZstdCodec(level=level)]
     else:
         comp = []
+    if key_id is not None:  # the marker of per-chunk AES-GCM: plain Zarr refuses the array
+        from ..crypto.chunks import marker_codec
+
+        comp.append(marker_codec(key_id))
     # Every inner chunk carries a crc32c: a flipped bit is an error, never a wrong subtraction.
     return comp + [Crc32cCodec()]
 
 
-def chunk_layout(k: int, itemsize: int, steps_per_shard: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(inner chunk shape, shard shape) for a (steps, k) array."""
+def chunk_layout(k: int, itemsize: int, steps_per_shard: int, *, one_step: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(inner chunk shape, shard shape) for a (steps, k) array.
+
+    ``one_step`` (encrypted stores): one step per inner chunk, so each chunk is under
+    exactly one step's data key and shredding a step touches no other step.
+    """
     cols = max(1, min(k, MAX_INNER_CHUNK_COLS))
     # Rows per inner chunk: the largest divisor of the shard's rows that stays under the target
     # (Zarr requires inner chunks to tile the shard exactly).
     rows = 1
     for r in range(1, steps_per_shard + 1):
-        if steps_per_shard % r == 0 and r * cols * itemsize <= INNER_CHUNK_TARGET_BYTES:
+        if steps_per_shard % r == 0 and r * cols * itemsize <= INNER_CHUNK_TARGET_BYTES and not one_step:
             rows = r
     shard_cols = math.ceil(max(k, 1) / cols) * cols
     return (rows, cols), (steps_per_shard, shard_cols)
 
 
-def create_rows_array(parent, name: str, cols: int, dtype: np.dtype, codec: str, level: int, steps_per_shard: int, attrs: dict):
-    """Create an empty (0, cols) rows array under the Zarr group ``parent``, laid out as above."""
-    chunks, shards = chunk_layout(cols, dtype.itemsize, steps_per_shard)
+def create_rows_array(parent, name: str, cols: int, dtype: np.dtype, codec: str, level: int, steps_per_shard: int, attrs: dict,
+                      key_id: str | None = None):
+    """Create an empty (0, cols) rows array under the Zarr group ``parent``, laid out as above (``key_id``: encrypted)."""
+    chunks, shards = chunk_layout(cols, dtype.itemsize, steps_per_shard, one_step=key_id is not None)
     return parent.create_array(
         name,
         shape=(0, cols),
         dtype=dtype,
         chunks=chunks,
         shards=shards,
-        compressors=compressors_for(codec, level, dtype.itemsize),
+        compressors=compressors_for(codec, level, dtype.itemsize, key_id),
         fill_value=0,
         attributes=attrs,
         dimension_names=["step", "position"],
@@ -98,7 +108,7 @@ def numcodecs_compressor(codec: str, level: int, itemsize: int):
     return None
 
 
-def _codec_json(codec: str, level: int, itemsize: int) -> list[dict]:
+def _codec_json(codec: str, level: int, itemsize: int, key_id: str | None = None) -> list[dict]:
     out = [{"name": "bytes"} if itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}]
     shuffle = "shuffle" if itemsize > 1 else "bitshuffle"
     if codec in ("blosc-zstd", "blosc-lz4"):
@@ -106,10 +116,15 @@ def _codec_json(codec: str, level: int, itemsize: int) -> list[dict]:
                                                         "shuffle": shuffle, "blocksize": 0}})
     elif codec == "zstd":
         out.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+    if key_id is not None:
+        from ..crypto.chunks import codec_json
+
+        out.append(codec_json(key_id))
     return out + [{"name": "crc32c"}]
 
 
-def array_metadata(rows: int, cols: int, dtype: np.dtype, codec: str, level: int, steps_per_shard: int, attrs: dict) -> dict:
+def array_metadata(rows: int, cols: int, dtype: np.dtype, codec: str, level: int, steps_per_shard: int, attrs: dict,
+                   key_id: str | None = None) -> dict:
     """The exact ``zarr.json`` of a rows array as :func:`create_rows_array` writes it (FORMAT.md §3).
 
     Everything in it but the row count follows from the manifest, so a reader compares
@@ -117,7 +132,7 @@ def array_metadata(rows: int, cols: int, dtype: np.dtype, codec: str, level: int
     unknown codec or a crafted chunk shape never reaches a decoder.
     """
     dtype = np.dtype(dtype)
-    (rc, cc), (sr, sc) = chunk_layout(cols, dtype.itemsize, steps_per_shard)
+    (rc, cc), (sr, sc) = chunk_layout(cols, dtype.itemsize, steps_per_shard, one_step=key_id is not None)
     fill = 0.0 if dtype.kind == "f" else 0
     return {
         "shape": [rows, cols], "data_type": dtype.name,
@@ -125,7 +140,7 @@ def array_metadata(rows: int, cols: int, dtype: np.dtype, codec: str, level: int
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
         "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [rc, cc], "codecs": _codec_json(codec, level, dtype.itemsize),
+            "chunk_shape": [rc, cc], "codecs": _codec_json(codec, level, dtype.itemsize, key_id),
             "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
             "index_location": "end"}}],
         "attributes": attrs, "dimension_names": ["step", "position"],

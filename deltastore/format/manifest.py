@@ -19,11 +19,15 @@ from ..masks import MASK_ALGORITHM, kept_count
 from ..plan import PruningPlan, TensorSpec
 from ..selection import ALL, MAGNITUDE, Selection, parse_selection
 from .commit import sha256_of
-from .layout import parse_codec
+from .consolidated import CONSOLIDATED_KEY, manifest_digest
+from .layout import group_metadata, parse_codec
 from .values import ValueCodec, parse_value_dtype, value_codec
 
 FORMAT_NAME = "deltastore"
 FORMAT_VERSION = 1
+# Encrypted stores (FORMAT.md §12) are version 2, so readers from before encryption refuse
+# them with a version error instead of failing on their array metadata.
+ENCRYPTED_FORMAT_VERSION = 2
 MANIFEST_KEY = "deltastore"
 GROUP_METADATA = "zarr.json"
 
@@ -141,6 +145,13 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     created: str = ""
     writer: str = ""
+    # {algorithm, scheme_version, key_id, store_id} of an encrypted store (deltastore.crypto); None: plain
+    encryption: dict | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the key an encrypted store needs (None for a plain store)."""
+        return self.encryption["key_id"] if self.encryption else None
 
     @property
     def values(self) -> ValueCodec:
@@ -185,6 +196,7 @@ class Manifest:
             "sample_id_type": self.sample_id_type,
             "created": self.created,
             "writer": self.writer,
+            **({"encryption": dict(self.encryption)} if self.encryption else {}),
         }
 
     @classmethod
@@ -194,7 +206,7 @@ class Manifest:
         version = obj.get("format_version")
         if not isinstance(version, int) or version < 1:
             raise CorruptStoreError(f"{where}: expected an integer format_version >= 1, got {version!r}")
-        if version > FORMAT_VERSION:
+        if version > ENCRYPTED_FORMAT_VERSION:
             raise FormatVersionError(
                 f"{where}: store has format version {version}, this deltastore reads up to {FORMAT_VERSION}; upgrade deltastore"
             )
@@ -217,6 +229,7 @@ class Manifest:
                 format_version=version,
                 created=str(obj.get("created", "")),
                 writer=str(obj.get("writer", "")),
+                encryption=_encryption(obj, version, where),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, FormatVersionError):
@@ -276,11 +289,47 @@ class Manifest:
         return self
 
 
-def read_manifest(io) -> tuple[Manifest, str]:
-    """The manifest of the store behind ``io`` and the sha256 of the bytes it came from.
+@dataclass(frozen=True)
+class RootDigests:
+    """What a commit record may pin of the root ``zarr.json`` (FORMAT.md §5).
 
-    The commit record (version 2) pins that digest: a reader compares the two.
+    ``file_sha256``: of its bytes (commit version 2). ``manifest_sha256``: of the canonical
+    JSON of ``attributes.deltastore`` (version 3, so the root may gain or lose its
+    consolidated metadata, §2.1, without touching a digest). ``exact``: apart from
+    ``consolidated_metadata`` the root is exactly the group with that one attribute
+    (version 3 requires it: nothing else in the file is covered by a digest).
     """
+
+    file_sha256: str
+    manifest_sha256: str
+    exact: bool
+
+
+def _encryption(obj: Mapping, version: int, where: str) -> dict | None:
+    """The manifest's ``encryption`` (checked), required exactly in version 2 stores."""
+    enc = obj.get("encryption")
+    if enc is None and version == ENCRYPTED_FORMAT_VERSION:  # a later format's version 2 stores, not ours
+        raise FormatVersionError(f"{where}: store has format version {version} without encryption; this deltastore reads "
+                                 f"version {ENCRYPTED_FORMAT_VERSION} only for encrypted stores; upgrade deltastore")
+    if (enc is not None) != (version == ENCRYPTED_FORMAT_VERSION):
+        raise CorruptStoreError(f"{where}: expected encryption exactly in format version {ENCRYPTED_FORMAT_VERSION} stores, "
+                                f"got version {version} {'with' if enc is not None else 'without'} it")
+    if enc is None:
+        return None
+    from ..crypto.io import parse_encryption  # no cryptography import: only the JSON is checked
+
+    return parse_encryption(enc, where)
+
+
+def read_manifest(io) -> tuple[Manifest, str]:
+    """The manifest of the store behind ``io`` and its version-3 digest (what new commit records pin)."""
+    manifest, digests = read_root(io)
+    return manifest, digests.manifest_sha256
+
+
+def read_root(io) -> tuple[Manifest, RootDigests]:
+    """The manifest of the store behind ``io`` and the digests a commit record may pin (checked by
+    :func:`~deltastore.format.commit.check_manifest_digest`). Consolidated metadata is not read."""
     where = io.where(GROUP_METADATA)
     expected = "Zarr v3 group metadata"
     try:
@@ -296,7 +345,10 @@ def read_manifest(io) -> tuple[Manifest, str]:
         raise CorruptStoreError(f"{where}: expected {expected} with attributes, got {str(meta)[:200]!r}")
     if MANIFEST_KEY not in attrs:
         raise CorruptStoreError(f"{io.url}: Zarr group without a {MANIFEST_KEY!r} manifest attribute; not a deltastore store")
-    return Manifest.from_json(attrs[MANIFEST_KEY], where=where).validate(where), sha256_of(raw)
+    manifest = Manifest.from_json(attrs[MANIFEST_KEY], where=where).validate(where)
+    rest = {k: v for k, v in meta.items() if k != CONSOLIDATED_KEY}
+    exact = rest == group_metadata({MANIFEST_KEY: attrs[MANIFEST_KEY]})
+    return manifest, RootDigests(sha256_of(raw), manifest_digest(attrs[MANIFEST_KEY]), exact)
 
 
 def load_manifest(io) -> Manifest:

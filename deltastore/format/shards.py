@@ -36,16 +36,17 @@ class ShardLayout:
     shard: tuple[int, int]  # shard shape
     chain: list  # numcodecs_chain of the inner chunks: [compressor,] "crc32c"
     fill_value: object
+    encrypted: bool = False  # chunks AES-GCM encrypted between compressor and crc32c (deltastore.crypto.chunks)
 
     @classmethod
-    def of(cls, path: str, cols: int, dtype, codec: str, level: int, steps_per_shard: int) -> "ShardLayout":
+    def of(cls, path: str, cols: int, dtype, codec: str, level: int, steps_per_shard: int, *, encrypted: bool = False) -> "ShardLayout":
         """The layout the writer gives a rows array, derived from the manifest alone (FORMAT.md §3)."""
         from .layout import chunk_layout, numcodecs_compressor
 
         dtype = np.dtype(dtype)
-        chunk, shard = chunk_layout(cols, dtype.itemsize, steps_per_shard)
+        chunk, shard = chunk_layout(cols, dtype.itemsize, steps_per_shard, one_step=encrypted)
         comp = numcodecs_compressor(codec, level, dtype.itemsize)
-        return cls(path, (0, cols), dtype, chunk, shard, ([comp] if comp is not None else []) + ["crc32c"], 0)
+        return cls(path, (0, cols), dtype, chunk, shard, ([comp] if comp is not None else []) + ["crc32c"], 0, encrypted)
 
     @property
     def per_shard(self) -> tuple[int, int]:
@@ -127,6 +128,7 @@ class ShardEncoder:
     def __init__(self, io, layout: ShardLayout | None):
         self.io = io
         self.layout = layout if layout is not None and layout.fill_value == 0 else None
+        self.cipher = _cipher(io, self.layout)  # encrypted stores: per-step AES-GCM of each chunk
         if self.layout is not None:
             from zarr.core.indexing import morton_order_iter
 
@@ -135,33 +137,102 @@ class ShardEncoder:
     def write(self, data: np.ndarray, start: int, *, fsync: bool = False) -> bool:
         """Write rows ``start..`` of ``data`` as whole new shards; False if this path does not apply."""
         lay = self.layout
+        if lay is not None and self.cipher is not None and start % lay.shard[0]:
+            return self.cipher_write_tail(data, start, fsync=fsync)  # Zarr cannot write encrypted chunks
         if lay is None or start % lay.shard[0] or data.dtype.byteorder == ">":
             return False
         rows, cols = data.shape
         sr, sc = lay.shard
         for s0 in range(0, rows, sr):
             for t0 in range(0, cols, sc):
-                blob = self.encode_shard(data[s0 : s0 + sr, t0 : t0 + sc])
+                blob = self.encode_shard(data[s0 : s0 + sr, t0 : t0 + sc], (start + s0) // sr, t0 // sc)
                 self.io.write(lay.key((start + s0) // sr, t0 // sc), blob, fsync=fsync)
         return True
 
+    def cipher_write_tail(self, data: np.ndarray, start: int, *, fsync: bool) -> bool:
+        """Encrypted stores, rows that start inside a shard (a resume, an early flush): the shard is
+        rewritten whole, its earlier rows' encrypted chunks copied byte for byte (never decrypted,
+        so a shredded step's chunk stays as it was) and the new rows encrypted."""
+        lay = self.layout
+        sr, sc = lay.shard
+        rows, cols = data.shape
+        first = start - start % sr
+        end = start + rows
+        for shard in range(first // sr, (end - 1) // sr + 1):
+            lo, hi = max(start, shard * sr), min(end, (shard + 1) * sr)
+            block = np.zeros((hi - shard * sr, cols), dtype=data.dtype)
+            block[lo - shard * sr :] = data[lo - start : hi - start]
+            for t0 in range(0, cols, sc):
+                key = lay.key(shard, t0 // sc)
+                kept = self._existing_chunks(key, lo - shard * sr) if lo > shard * sr else {}
+                blob = self.encode_shard(block[:, t0 : t0 + sc], shard, t0 // sc, kept=kept)
+                self.io.write(key, blob, fsync=fsync)
+        return True
+
+    def _existing_chunks(self, key: str, rows: int) -> dict:
+        """The stored chunks (crc32c checked) of inner rows ``< rows`` of shard ``key``."""
+        from ..errors import CorruptStoreError
+
+        try:
+            blob = self.io.read(key)
+        except FileNotFoundError:
+            return {}
+        per = self.layout.per_shard
+        n_index = 16 * per[0] * per[1] + 4
+        raw = blob[-n_index:]
+        if len(blob) < n_index or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise CorruptStoreError(f"{self.io.where(key)}: shard index is truncated or fails its checksum")
+        index = np.frombuffer(raw, dtype="<u8", count=2 * per[0] * per[1]).reshape(per[0], per[1], 2)
+        out = {}
+        for i in range(min(rows, per[0])):
+            for j in range(per[1]):
+                off, n = (int(x) for x in index[i, j])
+                if off == EMPTY:
+                    continue
+                chunk = blob[off : off + n]
+                if len(chunk) != n or n < 4 or off + n > len(blob) - n_index or \
+                        google_crc32c.value(chunk[:-4]) != int.from_bytes(chunk[-4:], "little"):
+                    raise CorruptStoreError(f"{self.io.where(key)}: inner chunk {i},{j} is truncated or fails its checksum")
+                out[(i, j)] = chunk
+        return out
+
     def empty_shard(self) -> bytes:
         """A shard whose chunks are all the fill value: only its index (every entry "absent")."""
-        return self.encode_shard(np.zeros((0, 0), dtype=self.layout.dtype))
+        return self.encode_shard(np.zeros((0, 0), dtype=self.layout.dtype), 0, 0)  # no chunk: no position needed
 
-    def encode_shard(self, block: np.ndarray) -> bytes:
+    def encode_shard(self, block: np.ndarray, shard_row: int | None = None, shard_col: int | None = None, *,
+                     kept: dict | None = None) -> bytes:
         """One shard's bytes. A shard whose chunks all equal the fill value is its index alone
-        (Zarr would write no file; a store writes it, so a missing shard is always damage)."""
+        (Zarr would write no file; a store writes it, so a missing shard is always damage).
+
+        ``shard_row``, ``shard_col``: where the shard lies (encrypted chunks are bound to their
+        step and column); ``kept``: stored chunks to copy as they are, by inner position."""
+        if self.cipher is not None and (shard_row is None or shard_col is None):
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"{self.layout.path}: an encrypted shard needs its position (shard_row, shard_col): "
+                                       "its chunks are bound to their steps")
         r, c = self.layout.chunk
         index = np.full(self.layout.per_shard + (2,), EMPTY, dtype="<u8")
         parts, offset = [], 0
         for i, j in self.order:
+            if kept and (i, j) in kept:
+                enc = kept[(i, j)]
+                index[i, j] = (offset, len(enc))
+                parts.append(enc)
+                offset += len(enc)
+                continue
             chunk = block[i * r : (i + 1) * r, j * c : (j + 1) * c]
             if chunk.size == 0 or not chunk.any():
                 continue
             if chunk.shape != (r, c):
                 chunk = np.pad(chunk, ((0, r - chunk.shape[0]), (0, c - chunk.shape[1])))
-            enc = encode_chunk(np.ascontiguousarray(chunk), self.layout.chain)
+            if self.cipher is None:
+                enc = encode_chunk(np.ascontiguousarray(chunk), self.layout.chain)
+            else:  # compress, encrypt (bound to step and column chunk), then crc32c
+                sealed = self.cipher.encrypt(encode_chunk(np.ascontiguousarray(chunk), self.layout.chain[:-1]),
+                                             shard_row * self.layout.shard[0] + i, shard_col * self.layout.per_shard[1] + j)
+                enc = sealed + crc32c_bytes(sealed)
             index[i, j] = (offset, len(enc))
             parts.append(enc)
             offset += len(enc)
@@ -187,6 +258,7 @@ class ShardDecoder:
         self.per_row = self.scols // self.cc  # inner chunks across one shard row
         self.nchunks = (self.sps // self.rc) * self.per_row
         self.decoder = layout.chain[0] if len(layout.chain) == 2 else None  # chain: [compressor,] "crc32c"
+        self.cipher = _cipher(io, layout)  # encrypted stores: each chunk decrypted after its crc32c
 
     def read(self, sel: np.ndarray) -> np.ndarray:
         """``arr[sel, :]`` for committed rows ``sel`` (any order, repeats allowed)."""
@@ -245,6 +317,8 @@ class ShardDecoder:
                     hi = min(hi_col, lo + self.cc)
                     off, nbytes = (int(x) for x in index[inner_row * self.per_row + c])
                     if off == EMPTY and nbytes == EMPTY:
+                        if self.cipher is not None:  # a shredded step is an error, never zeros
+                            self.cipher.check_step(shard * self.sps + inner_row)
                         out[rows_out, lo:hi] = self.lay.fill_value
                         continue
                     wanted.append((rows_out, rows_in, lo, hi, inner_row, c, off, nbytes))
@@ -254,6 +328,8 @@ class ShardDecoder:
                 payload = np.frombuffer(buf, dtype=np.uint8)[:-4]  # a view: no copy of the chunk
                 if len(buf) != nbytes or nbytes < 4 or google_crc32c.value(payload) != int.from_bytes(buf[-4:], "little"):
                     raise ValueError(f"{self.io.where(key)}: inner chunk {inner_row},{c} is truncated or fails its checksum")
+                if self.cipher is not None:
+                    payload = self.cipher.decrypt(payload, shard * self.sps + inner_row, cs * self.per_row + c, key)
                 if self.rc == 1 and hi - lo == self.cc and rows_out.size == 1:
                     self._decode_into(payload, out[int(rows_out[0]), lo:hi])  # straight into the output row
                 else:
@@ -267,7 +343,7 @@ class ShardDecoder:
         present = index[:, 0] != EMPTY
         if not present.any():
             return
-        raw = self.rc * self.cc * self.lay.dtype.itemsize
+        raw = self.rc * self.cc * self.lay.dtype.itemsize + (self.cipher.overhead if self.cipher is not None else 0)
         offsets, sizes = index[present, 0], index[present, 1]
         if np.any(sizes > raw + raw // 128 + 1024) or np.any(sizes > data_end) or np.any(offsets > data_end - sizes):
             raise ValueError(f"{self.io.where(key)}: shard index points outside the shard or claims oversized chunks")
@@ -281,3 +357,15 @@ class ShardDecoder:
             got = self.decoder.decode(payload, out=dest)
             if got is not dest and np.asarray(got).nbytes != dest.nbytes:
                 raise ValueError(f"inner chunk: expected {dest.nbytes} bytes decoded, got {np.asarray(got).nbytes}")
+
+
+def _cipher(io, layout):
+    """The chunk cipher of an encrypted array (None for a plain one); EncryptionKeyError without the key."""
+    if layout is None or not layout.encrypted:
+        return None
+    make = getattr(io, "chunk_cipher", None)
+    if make is None:
+        from ..errors import EncryptionKeyError
+
+        raise EncryptionKeyError(f"{io.where(layout.path)}: the array is encrypted; open the store with its key")
+    return make(layout)

@@ -487,6 +487,47 @@ class IndexWriter:
         self._replace(merge, commit, fsync=fsync, survivor=key)
         return key
 
+    def drop_ids(self, sample_ids: Any, parts: Iterable[str] | None = None, *, fsync: bool = False) -> list[str]:
+        """Rewrite every recorded part holding any of ``sample_ids`` without those ids' rows (purge).
+
+        Each new part keeps its old part's range (so the parts still tile the steps) and
+        gets a sidecar as any part; it is *recorded* here (:meth:`digests` names it, not
+        the old one) but the old part is not deleted: the caller writes its commit record,
+        then calls :meth:`collect_garbage`. ``parts``: the keys to consider (e.g. those
+        whose range holds the ids' steps); default every recorded part. Needs a commit
+        record's digests (a store written since digests). Returns the keys replaced.
+        """
+        if self._recorded is None:
+            raise InvalidArgumentError("drop_ids: expected an index with a commit record's digests (a store written since digests)")
+        ids = parse_sample_ids(sample_ids, self._id_type)
+        probe = pa.array(list(ids.values), type=pa.int64() if self._id_type == "int64" else pa.string())
+        wanted = None if parts is None else set(parts)
+        replaced = []
+        for ref in sorted(self._recorded.values()):
+            if wanted is not None and ref.key not in wanted:
+                continue
+            table = self._read(ref)
+            hit = pc.is_in(table.column("sample_id"), value_set=probe)
+            if not pc.any(hit).as_py():
+                continue
+            self._forget([ref])
+            self._write(table.filter(pc.invert(hit)), ref.first, ref.end, fsync=fsync, compression=self._compression)
+            replaced.append(ref.key)
+        return replaced
+
+    def collect_garbage(self, *, fsync: bool = False) -> bool:
+        """Delete what no reader uses (unrecorded parts and sidecars, dead parts, temporaries).
+
+        After a commit record that no longer names some parts (:meth:`drop_ids`), this
+        deletes them; idempotent, so a crash in between is finished by calling it again.
+        """
+        live, _, garbage, stray = self._view()
+        changed = self._delete_garbage(stray)
+        changed = self._remove(garbage) or changed
+        if fsync and changed and live:
+            self._sync_prefix([live[0].key])
+        return changed
+
     # -- digests for the commit record
 
     def digests(self) -> DigestMap:

@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..errors import CorruptStoreError, InvalidArgumentError, ModelMismatchError
+from ..crypto import require_store_key
+from ..errors import CorruptStoreError, EncryptionKeyError, InvalidArgumentError, ModelMismatchError, StepErasedError
 from ..format import (
     INDEX_DIR,
     ShardDecoder,
@@ -26,9 +27,10 @@ from ..format import (
     check_manifest_digest,
     group_metadata,
     read_commit,
-    read_manifest,
+    read_root,
 )
 from ..format.commit import read_json
+from ..format.jsondiff import first_difference
 from ..format.manifest import legacy_attributes
 from ..index import SampleIndex
 from ..masks import MaskGenerator
@@ -62,7 +64,9 @@ class StoreReader:
     def _open(self, pool: ThreadPoolExecutor | None) -> None:
         later = (lambda fn, *a: pool.submit(fn, *a)) if pool is not None else None
         commit_f = later(read_commit, self.io) if later else None
-        self.manifest, digest = read_manifest(self.io)  # a Manifest, and the sha256 of its bytes
+        # A Manifest, and the digests a commit record may pin; consolidated metadata is never read (FORMAT.md §2.1).
+        self.manifest, digest = read_root(self.io)
+        require_store_key(self.io, self.manifest)  # an encrypted store: its key, before anything else is read
         self._meta = {}
         if later:
             for g in self.manifest.groups:
@@ -86,7 +90,7 @@ class StoreReader:
             for name, (cols, dtype, attrs) in m.arrays(g).items():
                 path = f"{g.path}/{name}"
                 self._check_array_metadata(path, g, cols, dtype, attrs)
-                lay = ShardLayout.of(path, cols, dtype, m.codec, m.codec_level, m.steps_per_shard)
+                lay = ShardLayout.of(path, cols, dtype, m.codec, m.codec_level, m.steps_per_shard, encrypted=m.encryption is not None)
                 decoders[name] = ShardDecoder(self.io, lay, rows=self.committed_steps, require_shards=self.shards_complete)
             self._decoders.append(decoders)
         self.masks = MaskGenerator(m.mask_seed, m.mask_pool)
@@ -103,7 +107,7 @@ class StoreReader:
         got = self._read_meta(key, "Zarr v3 group metadata")
         expected = group_metadata({"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
         if got != expected:
-            raise CorruptStoreError(f"{self.io.where(key)}: expected the group metadata the manifest implies, got {_first_difference(expected, got)}",
+            raise CorruptStoreError(f"{self.io.where(key)}: expected the group metadata the manifest implies, got {first_difference(expected, got)}",
                                     tensor=g.label)
 
     def _check_array_metadata(self, path: str, g, cols: int, dtype, attrs: dict) -> None:
@@ -113,10 +117,10 @@ class StoreReader:
         shape = got.get("shape") if isinstance(got, dict) else None
         rows = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) and not isinstance(shape[0], bool) else -1
         m = self.manifest
-        expected = array_metadata(max(rows, 0), cols, dtype, m.codec, m.codec_level, m.steps_per_shard, attrs)
+        expected = array_metadata(max(rows, 0), cols, dtype, m.codec, m.codec_level, m.steps_per_shard, attrs, m.key_id)
         if got != expected and got != array_metadata(max(rows, 0), cols, dtype, m.codec, m.codec_level, m.steps_per_shard,
                                                      legacy_attributes(attrs)):  # written before arrays named their tensors
-            raise CorruptStoreError(f"{self.io.where(key)}: expected the array metadata the manifest implies, got {_first_difference(expected, got)}",
+            raise CorruptStoreError(f"{self.io.where(key)}: expected the array metadata the manifest implies, got {first_difference(expected, got)}",
                                     tensor=g.label)
         if rows < self.committed_steps:
             raise CorruptStoreError(f"{self.io.where(key)}: expected at least {self.committed_steps} rows (committed steps), got {rows}",
@@ -165,7 +169,7 @@ class StoreReader:
         sel = np.asarray(steps, dtype=np.int64)
         try:
             raw = {name: dec.read(sel) for name, dec in self._decoders[gid].items()}
-        except CorruptStoreError:
+        except (CorruptStoreError, StepErasedError, EncryptionKeyError):
             raise
         except Exception as exc:  # checksum/decode failures surface as several exception types
             raise self._locate_corruption(gid, steps, exc) from exc
@@ -246,20 +250,3 @@ class StoreReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _first_difference(expected, got, where: str = "") -> str:
-    """The first place two JSON values differ, for messages."""
-    if isinstance(expected, dict) and isinstance(got, dict):
-        for k in sorted(set(expected) | set(got)):
-            if k not in got:
-                return f"no {where + k!r}"
-            if k not in expected:
-                return f"unexpected {where + k!r}"
-            if expected[k] != got[k]:
-                return _first_difference(expected[k], got[k], f"{where}{k}.")
-    if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
-        for i, (e, g) in enumerate(zip(expected, got)):
-            if e != g:
-                return _first_difference(e, g, f"{where}{i}.")
-    return f"{where.rstrip('.') or 'value'} = {str(got)[:120]!r} instead of {str(expected)[:120]!r}"

@@ -40,6 +40,11 @@ class RecordOptions:
     # Accepted for compatibility; no effect: ids given since the last real step always belong to the next one.
     grad_accumulation: bool = False
     record_buffers: bool = True  # BatchNorm running statistics change too: record them
+    # Under torch.distributed: "spread": each rank records and writes the groups the plan gives it,
+    # rank 0 commits; "coordinator": rank 0 writes every group (same stored bytes). "auto": spread
+    # under FSDP2 (no rank then holds every whole update), coordinator under DDP (spreading its
+    # replicas' groups showed no gain on the 2-core benchmark: RESULTS.md, "Per-rank writes").
+    rank_writes: str = "auto"
 
     @classmethod
     def from_kwargs(cls, options: "RecordOptions | None" = None, **overrides) -> "RecordOptions":
@@ -56,6 +61,8 @@ class RecordOptions:
         """Check every field; fill in the plan and codec defaults."""
         value_dtype = parse_value_dtype(self.value_dtype)
         codec = parse_codec(default_codec(value_dtype) if self.codec is None else self.codec)
+        if self.rank_writes not in ("auto", "spread", "coordinator"):
+            raise InvalidArgumentError(f"rank_writes: expected 'auto', 'spread' or 'coordinator', got {self.rank_writes!r}")
         if self.sample_id_type not in ID_TYPES:
             raise InvalidArgumentError(f"sample_id_type: expected one of {ID_TYPES}, got {self.sample_id_type!r}")
         block = DEFAULT_BLOCK.get(value_dtype, DEFAULT_INT8_BLOCK) if self.int8_block is None else self.int8_block

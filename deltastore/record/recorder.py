@@ -35,12 +35,14 @@ from ..errors import (
     RecorderClosedError,
 )
 from ..format import Group, Manifest, load_manifest, model_fingerprint
-from ..distributed import RankGroup, full_delta, full_tensor, is_dtensor, local_part, unwrap_model, unwrap_optimizer
+from ..distributed import RankGroup, full_tensor, is_dtensor, local_part, unwrap_model, unwrap_optimizer
 from ..index import SampleIds, parse_sample_ids
 from ..masks import MaskGenerator
 from ..plan import TensorSpec
 from ..storage import open_io
+from .exchange import ShardExchange
 from .options import RecordOptions
+from .ranked import open_ranked_writer
 from .writer import StoreWriter
 
 
@@ -129,14 +131,22 @@ class Recorder:
         ``.optimizer``) gets the hooks, so only real steps are recorded; DDP and
         ``torch.compile`` wrappers are removed so the store uses the module's own
         names. Under ``torch.distributed`` every rank constructs the Recorder with the
-        same arguments and calls :meth:`samples` with its own ids: rank 0 writes, ids
-        are gathered each step, DTensor (FSDP2) updates are gathered whole
-        (:mod:`deltastore.distributed`).
+        same arguments and calls :meth:`samples` with its own ids, which are gathered each
+        step. Each group has an owner rank (a plan, the same on every rank) that records and
+        writes it; rank 0 commits once every rank's writes are durable
+        (:mod:`deltastore.record.ranked`). FSDP2 (DTensor parameters): groups are spread
+        over the ranks, and a group's whole update is first assembled on its owner
+        (:mod:`deltastore.record.exchange`). DDP: rank 0 owns every group, unless
+        ``rank_writes="spread"`` (then each owner records from its own replica);
+        ``rank_writes="coordinator"``: rank 0 records and writes every group.
     options : :class:`RecordOptions` (how to prune, encode, buffer and commit);
         keyword arguments override single fields, e.g. ``plan=PruningPlan.uniform(0.8)``,
         ``value_dtype="float32"``. Each field's default and the reason for it are in
         :class:`RecordOptions`. ``grad_accumulation=`` is still accepted and no longer needed:
         ids given by several :meth:`samples` calls before one step all belong to that step.
+    encryption_key : 32 bytes, 64 hex characters or a key file ``pathlib.Path``
+        (``deltastore.crypto.generate_key_file``): record an encrypted store (the ``crypto``
+        extra). Readers then need the same key (``deltastore.crypto.open_encrypted``).
     """
 
     def __init__(
@@ -148,11 +158,16 @@ class Recorder:
         *,
         mode: str = "w",
         storage_options: dict | None = None,
+        encryption_key=None,
         **overrides,
     ):
         opts = RecordOptions.from_kwargs(options, **overrides)
         # s3://bucket/prefix with obstore S3Store options (else the AWS environment variables).
         store = open_io(store, storage_options) if storage_options else store
+        if encryption_key is not None:  # an encrypted store (FORMAT.md §12): only its key id reaches the manifest
+            from ..crypto.io import EncryptedStoreIO
+
+            store = store if isinstance(store, EncryptedStoreIO) else EncryptedStoreIO(open_io(store), encryption_key)
         if not isinstance(model, torch.nn.Module):
             raise InvalidArgumentError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if mode not in ("w", "a"):
@@ -167,21 +182,38 @@ class Recorder:
         if not opts.record_buffers:
             buffers = {}
         specs = specs_of(params, buffers)
-        # Under torch.distributed every rank builds a Recorder with the same arguments: rank 0
-        # writes, the others send their sample ids (and, for DTensor parameters, their shards).
+        # Under torch.distributed every rank builds a Recorder with the same arguments and sends
+        # its sample ids; each rank records and writes the groups it owns (rank_writes: FSDP2
+        # spreads them by default; under DDP rank 0 owns all of them, and a peer holds a _PeerWriter).
         self._ranks = RankGroup.current()
-        self._sharded = any(is_dtensor(p) for p in params.values())
-        self._writes = self._ranks is None or self._ranks.rank == 0
+        self._sharded = any(is_dtensor(p) for p in params.values())  # on one rank too: a 1-rank mesh
+        self._writes = self._ranks is None or self._ranks.rank == 0  # the coordinator: commits, writes buffers and the index
         if self._ranks is not None:
             self._ranks.require_same("Recorder", json.dumps([mode, repr(opts), [repr(s) for s in specs]]))
         pin = any(local_part(t).is_cuda for t in list(params.values()) + list(buffers.values()))
+        self._tensors = {**params, **buffers}
         if self._ranks is None:
             self.writer = self._open_writer(store, specs, opts, mode, pin)
+        elif self._sharded or opts.rank_writes == "spread":
+            # Groups that may leave rank 0: DTensor parameters (FSDP2), or every parameter of a DDP
+            # replica (identical on every rank: the owner records it from its own copy, no exchange).
+            spread = opts.rank_writes == "spread" or (opts.rank_writes == "auto" and self._sharded)
+            movable = {n for n, t in params.items() if is_dtensor(t) or not self._sharded} if spread else set()
+            self.writer = open_ranked_writer(self._ranks, store, specs, opts, mode, pin, movable, _check_same_tensors)
         else:
             self.writer = self._open_writer_ranked(store, specs, opts, mode, pin)
         self.manifest = self.writer.manifest
         self._masks = shared_mask_generator(self.manifest.mask_seed, self.manifest.mask_pool)
-        self._tensors = {**params, **buffers}
+        self._exchange = None
+        if self._sharded and self._ranks is not None:  # a collective: the ranks agree on how each tensor's shards travel
+            owners = dict(zip((g.id for g in self.manifest.groups), self.writer.owners))
+            recorded = [(g, [self._tensors[n] for n in g.tensors]) for g in self.manifest.groups
+                        if self.manifest.tensor(g.tensors[0]).kind == "parameter"]
+            try:
+                self._exchange = ShardExchange(self._ranks, recorded, owners)
+            except BaseException:
+                self.writer.abort()
+                raise
         self._pending_ids: list = []
         self._pending_epoch = 0
         self._before: dict[int, Any] = {}
@@ -297,14 +329,15 @@ class Recorder:
         self.writer.begin()
         step = self._step_in_flight = self.writer.next_step
         self._before.clear()
-        if not self._writes and not self._sharded:
-            return  # a DDP peer: rank 0 holds the same weights and records them
         for g in self.manifest.groups:
             tensors = [self._tensors[n] for n in g.tensors]
             if self.manifest.tensor(g.tensors[0]).kind == "buffer":
                 continue
-            if self._sharded:  # FSDP2: each rank keeps its own shard; the deltas are gathered after the step
-                self._before[g.id] = [local_part(t.detach()).float().clone() for t in tensors]
+            if not self._sharded and not self._owns(g):
+                continue  # a DDP rank: another rank records this group from its identical replica
+            if self._sharded:  # FSDP2: each rank keeps its own shard; the owner assembles the whole update after the step
+                if self._owns(g) or self._exchange is None or g.id in self._exchange.involves:
+                    self._before[g.id] = [local_part(t.detach()).float().clone() for t in tensors]
             elif g.selection.positions_before_step and tensors[0].device.type == "cpu":
                 # A plain copy of the whole tensor, gathered once after the step: on the dev
                 # CPU copying all of ResNet-18 takes 2.7 ms, gathering its kept values 24 ms.
@@ -326,8 +359,11 @@ class Recorder:
 
     def _record_step(self) -> None:
         step_ids = self._merge_ids()
-        for g in self.manifest.groups:
-            self._record_group(g)
+        if self._sharded:
+            self._record_sharded()
+        else:
+            for g in self.manifest.groups:
+                self._record_group(g)
         self.writer.end_step(step_ids, self._pending_epoch)
         self._pending_ids = []
         self._before.clear()
@@ -337,9 +373,32 @@ class Recorder:
         # Every rank's ids of the step reach rank 0 (a collective: all ranks step together).
         return ids if self._ranks is None else self._ranks.gather_ids(ids)
 
+    def _record_sharded(self) -> None:
+        """FSDP2: every rank sends its shards' updates to their owners; each owner prunes and buffers its groups."""
+        groups = self.manifest.groups  # ids are positions (the manifest checks it)
+        local = {gid: [(local_part(self._tensors[n].detach()).float() - b).reshape(-1) for n, b in zip(groups[gid].tensors, before)]
+                 for gid, before in self._before.items()}
+        if self._exchange is None:  # one rank: its local shards are the whole tensors
+            whole = {gid: torch.cat(parts) if len(parts) > 1 else parts[0] for gid, parts in local.items()}
+        else:
+            whole = self._exchange.assemble(local)  # a collective: all_to_all per bucket of groups
+        step = self._step_in_flight
+        for g in self.manifest.groups:
+            if not self._owns(g):
+                continue
+            if self.manifest.tensor(g.tensors[0]).kind == "buffer":
+                self._record_group(g)  # the coordinator's buffers, as in one process
+            else:
+                self.writer.put(g, *g.selection.select(whole[g.id], step, g, self._masks))
+
+    def _owns(self, g: Group) -> bool:
+        """Whether this rank writes group ``g`` (every group in one process, none on a DDP peer of rank 0)."""
+        owned = self.writer.owned
+        return owned is None or g.id in owned
+
     def _record_group(self, g: Group) -> None:
-        if not self._writes and not self._sharded:
-            return  # a DDP peer
+        if not self._owns(g):
+            return  # another rank records it
         tensors = [self._tensors[n] for n in g.tensors]
         if self.manifest.tensor(g.tensors[0]).kind == "buffer":
             if not self._writes:
@@ -352,12 +411,6 @@ class Recorder:
             return
         before = self._before[g.id]
         step = self._step_in_flight
-        if self._sharded:
-            # Whole-tensor deltas (an all-gather per tensor): masks and top-k see what one process would.
-            delta = torch.cat([full_delta(t, b) for t, b in zip(tensors, before)])
-            if self._writes:
-                self.writer.put(g, *g.selection.select(delta, step, g, self._masks))
-            return
         if g.selection.positions_before_step:
             flat = tensors[0].detach().reshape(-1)
             if before is self._snapshots.get(g.id):  # CPU: the whole delta in the snapshot's memory, then one gather
@@ -404,13 +457,14 @@ class Recorder:
 
 
 class _PeerWriter:
-    """What a rank other than 0 holds instead of a StoreWriter: the manifest and a step count.
+    """What a DDP rank other than 0 holds instead of a StoreWriter: the manifest and a step count.
 
-    Rank 0 writes every byte; peers take part in the collectives of each step only.
+    Rank 0 writes every byte (DDP's default); peers take part in the collectives of each step only.
     """
 
     wait_seconds = 0.0
     write_seconds = 0.0
+    owned: frozenset = frozenset()  # no group
 
     def __init__(self, manifest: Manifest, next_step: int):
         self.manifest = manifest

@@ -21,6 +21,8 @@ from ..format import (
     check_manifest_digest,
     read_commit,
     read_manifest,
+    read_root,
+    remove_consolidated,
     value_codec,
     write_commit,
 )
@@ -104,6 +106,8 @@ def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tup
         sample_id_type=options.sample_id_type,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         writer=f"deltastore {__version__}",
+        # An EncryptedStoreIO (Recorder(encryption_key=...)) makes an encrypted store (FORMAT.md §12).
+        **_encryption_fields(io),
     )
     zstore = io.zarr_store(read_only=False, fsync=options.fsync)
     try:
@@ -111,7 +115,8 @@ def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tup
         for g in groups:
             sub = root.create_group(g.path, attributes={"tensors": list(g.tensors), "selection": g.selection.name, "k": g.k})
             for name, (cols, dtype, attrs) in manifest.arrays(g).items():
-                create_rows_array(sub, name, cols, dtype, manifest.codec, manifest.codec_level, steps_per_shard, attrs)
+                create_rows_array(sub, name, cols, dtype, manifest.codec, manifest.codec_level, steps_per_shard, attrs,
+                                  key_id=manifest.key_id)
     except BaseException:
         zstore.drain()  # Zarr's sibling writes finish before anyone clears this path
         raise
@@ -122,15 +127,40 @@ def create_store(io, specs: Sequence[TensorSpec], options: RecordOptions) -> tup
     return manifest, digest
 
 
+def _encryption_fields(io) -> dict:
+    new = getattr(type(io), "new_store_encryption", None)
+    if new is None:
+        return {}
+    from ..format.manifest import ENCRYPTED_FORMAT_VERSION
+
+    return {"encryption": new(io), "format_version": ENCRYPTED_FORMAT_VERSION}
+
+
 def open_for_append(io, options: RecordOptions) -> tuple[Manifest, str, int, IndexWriter]:
     """(manifest, its sha256, committed steps, index writer) of an existing store, its uncommitted tail dropped."""
-    manifest, digest = read_manifest(io)
+    manifest, root = read_root(io)
+    from ..crypto import require_store_key
+
+    require_store_key(io, manifest)
     commit = read_commit(io)
-    check_manifest_digest(io, commit, digest)
+    check_manifest_digest(io, commit, root)
+    digest = root.manifest_sha256  # every record this writer writes is version 3 (FORMAT.md §5)
     committed = commit["committed_steps"]
+    from ..format.commit import erased_records, pending_erase
+
+    pending = pending_erase(commit)
+    if pending is not None:  # its roll-forward (unlearning.purge) must finish before anything else writes
+        from ..errors import StoreLockedError
+
+        raise StoreLockedError(f"{io.url}: a purge of request {pending['request']!r} is unfinished; finish it first "
+                               f"(`deltastore purge {io.url} --request {pending['request']}`), then record")
+    # Plain Zarr must never see stale shapes: the consolidated metadata written at close goes
+    # before any array changes (FORMAT.md §2.1); the next close writes it again.
+    remove_consolidated(io, digest, fsync=options.fsync)
     index = truncate_uncommitted(io, manifest, commit, digest, fsync=options.fsync)
     # The old fingerprint described the model at close; recording resumes, so it is void.
-    write_commit(io, committed, None, fsync=options.fsync, manifest_sha256=digest, index_digests=digests_to_json(index.digests()))
+    write_commit(io, committed, None, fsync=options.fsync, manifest_sha256=digest, index_digests=digests_to_json(index.digests()),
+                 erased=erased_records(commit))
     return manifest, digest, committed, index
 
 
@@ -146,7 +176,7 @@ def truncate_uncommitted(io, manifest: Manifest, commit: dict, manifest_sha256: 
     Returns the index writer, whose digests describe the index that remains.
     """
     committed = commit["committed_steps"]
-    group = zarr.open_group(io.zarr_store(read_only=False), mode="r+")
+    group = zarr.open_group(io.zarr_store(read_only=False), mode="r+", use_consolidated=False)
     for g in manifest.groups:
         for name in manifest.arrays(g):
             arr = group[f"{g.path}/{name}"]
@@ -155,7 +185,8 @@ def truncate_uncommitted(io, manifest: Manifest, commit: dict, manifest_sha256: 
     index = open_index(io, manifest, commit)
 
     def record(digests) -> None:  # new parts are recorded before the ones they replace are deleted
-        write_commit(io, committed, None, fsync=fsync, manifest_sha256=manifest_sha256, index_digests=digests_to_json(digests))
+        write_commit(io, committed, None, fsync=fsync, manifest_sha256=manifest_sha256, index_digests=digests_to_json(digests),
+                     erased=commit.get("erased"))
 
     index.truncate(committed, fsync=fsync, commit=record)
     return index

@@ -27,7 +27,7 @@ import zarr
 from zarr.core.sync import sync as zarr_sync  # the loop zarr.Array's own methods run on
 
 from ..errors import DeltaStoreError, RecorderClosedError, RecordingFailedError
-from ..format import Group, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit
+from ..format import Group, Manifest, ShardEncoder, ShardLayout, read_commit, read_manifest, write_commit, write_consolidated
 from ..format.trained import delete_stale_trained, write_trained
 from ..format.int4 import group_rounding_key, step_rounding_key
 from ..index import IndexWriter, digests_to_json
@@ -68,8 +68,11 @@ class StoreWriter:
     """
 
     def __init__(self, io, manifest: Manifest, manifest_sha256: str, committed: int, options: RecordOptions, *, pin_memory: bool,
-                 lease=None, index: IndexWriter | None = None):
+                 lease=None, index: IndexWriter | None = None, owned: frozenset[int] | None = None, with_index: bool = True):
         self.io = io
+        # Multi-rank recording (record/ranked.py): this rank buffers and writes only the groups it owns,
+        # and only the coordinator writes the index. None: every group (one process).
+        self.owned = owned
         self._lease = lease  # the writer lock (WRITER_LOCK), held until close
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
@@ -81,14 +84,25 @@ class StoreWriter:
         self._closed = False
         self._error: BaseException | None = None
         self._lock = threading.Lock()
-        group = zarr.open_group(io.zarr_store(read_only=False, fsync=self.fsync), mode="r+")
+        group = zarr.open_group(io.zarr_store(read_only=False, fsync=self.fsync), mode="r+", use_consolidated=False)
         self._arrays: list[_Array] = []
         for g in manifest.groups:
+            if owned is not None and g.id not in owned:
+                continue
             for name, (cols, dtype, _) in manifest.arrays(g).items():
                 path = f"{g.path}/{name}"
-                lay = ShardLayout.of(path, cols, dtype, manifest.codec, manifest.codec_level, manifest.steps_per_shard)
+                lay = ShardLayout.of(path, cols, dtype, manifest.codec, manifest.codec_level, manifest.steps_per_shard,
+                                     encrypted=manifest.encryption is not None)
                 self._arrays.append(_Array(g.id, name, group[path], ShardEncoder(io, lay)))
-        self._index = index if index is not None else open_index(io, manifest, read_commit(io))
+        # Encrypted stores (deltastore.crypto): a random data key per step, wrapped in key objects.
+        self._step_keys = io.step_keys(manifest.steps_per_shard) if manifest.encryption is not None else None
+        if self._step_keys is not None and owned is not None:
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"{io.url}: encrypted stores are recorded by one writer; per-rank (FSDP2) recording of an "
+                                       "encrypted store is not supported yet (every rank would need the same step data keys)")
+        self._index = index if index is not None or not with_index else open_index(io, manifest, read_commit(io))
+        self._erased = read_commit(io).get("erased")  # purge records (FORMAT.md §5.2): every commit carries them
         # Steps per flush: a whole shard, unless the memory bound asks for fewer.
         self.capacity = min(manifest.steps_per_shard, capacity(manifest.groups, self.values, options.buffer_bytes))
         self._buffers = [self._alloc(pin_memory) for _ in range(2)]
@@ -99,7 +113,8 @@ class StoreWriter:
 
     # ---- construction -------------------------------------------------------
     @classmethod
-    def create(cls, location, specs: Sequence[TensorSpec], options: RecordOptions | None = None, *, pin_memory: bool = False) -> "StoreWriter":
+    def create(cls, location, specs: Sequence[TensorSpec], options: RecordOptions | None = None, *, pin_memory: bool = False,
+               **extra) -> "StoreWriter":
         """Create a new store at ``location`` (a path or a StoreIO); refuses to overwrite anything."""
         options = RecordOptions.from_kwargs(options)
         io = open_io(location)
@@ -107,7 +122,7 @@ class StoreWriter:
         lease = io.acquire(WRITER_LOCK, _holder())
         try:
             manifest, digest = create_store(io, specs, options)
-            return cls(io, manifest, digest, 0, options, pin_memory=pin_memory, lease=lease)
+            return cls(io, manifest, digest, 0, options, pin_memory=pin_memory, lease=lease, **extra)
         except OSError as exc:
             lease.release()
             if isinstance(exc, DeltaStoreError):
@@ -119,7 +134,7 @@ class StoreWriter:
             raise
 
     @classmethod
-    def open_append(cls, location, options: RecordOptions | None = None, *, pin_memory: bool = False) -> "StoreWriter":
+    def open_append(cls, location, options: RecordOptions | None = None, *, pin_memory: bool = False, **extra) -> "StoreWriter":
         """Reopen a store to record more steps; the uncommitted tail of a crash is dropped."""
         options = RecordOptions.from_kwargs(options)
         io = open_io(location)
@@ -127,7 +142,7 @@ class StoreWriter:
         lease = io.acquire(WRITER_LOCK, _holder())
         try:
             manifest, digest, committed, index = open_for_append(io, options)
-            return cls(io, manifest, digest, committed, options, pin_memory=pin_memory, lease=lease, index=index)
+            return cls(io, manifest, digest, committed, options, pin_memory=pin_memory, lease=lease, index=index, **extra)
         except BaseException:
             lease.release()
             raise
@@ -136,9 +151,9 @@ class StoreWriter:
         pin = pin and torch.cuda.is_available()
         m = self.manifest
         rows = []
-        for g in m.groups:
+        for g in m.groups:  # a group another rank owns gets no rows here
             rows.append({name: torch.empty((self.capacity, cols), dtype=_buffer_dtype(self.values, name, dt), pin_memory=pin)
-                         for name, (cols, dt, _) in m.arrays(g).items()})
+                         for name, (cols, dt, _) in m.arrays(g).items()} if self.owned is None or g.id in self.owned else {})
         return _StepBuffer(rows, [])
 
     # ---- per step -----------------------------------------------------------
@@ -232,19 +247,8 @@ class StoreWriter:
             buf.count, buf.index_rows = 0, []
             raise self._error
         try:
-            if event is not None:
-                event.synchronize()  # the non-blocking device->host copies have landed
             end = start + count
-            if self._lease is not None:  # object storage: a lease that may have expired stops us before any write
-                self._lease.check()
-            jobs = []
-            for a in self._arrays:
-                data = self.values.as_numpy(buf.rows[a.gid][a.name][:count])
-                jobs.append((a, data))
-            self._grow_and_write(jobs, start, end)
-            for step, epoch, ids in buf.index_rows:
-                self._index.add(step, epoch, ids)
-            self._index.flush(fsync=self.fsync)
+            self._write_rows(buf, start, count, event)
             self._commit(end, None)
             with self._lock:
                 self.committed = end
@@ -256,10 +260,29 @@ class StoreWriter:
             buf.index_rows = []
             self.write_seconds += time.perf_counter() - t0
 
+    def _write_rows(self, buf: _StepBuffer, start: int, count: int, event) -> None:
+        """Steps 1-4 of the commit protocol for [start, start + count): arrays grown, shards and index part written."""
+        if event is not None:
+            event.synchronize()  # the non-blocking device->host copies have landed
+        end = start + count
+        if self._lease is not None:  # object storage: a lease that may have expired stops us before any write
+            self._lease.check()
+        jobs = []
+        for a in self._arrays:
+            data = self.values.as_numpy(buf.rows[a.gid][a.name][:count])
+            jobs.append((a, data))
+        if self._step_keys is not None:  # the steps' data keys reach their key objects before any chunk of them
+            self._step_keys.prepare(start, end, fsync=self.fsync)
+        self._grow_and_write(jobs, start, end)
+        if self._index is not None:  # None on a multi-rank recording's peers: the coordinator writes the index
+            for step, epoch, ids in buf.index_rows:
+                self._index.add(step, epoch, ids)
+            self._index.flush(fsync=self.fsync)
+
     def _commit(self, steps: int, fingerprint: str | None, digests=None, trained: dict | None = None) -> None:
         digests = self._index.digests() if digests is None else digests
         write_commit(self.io, steps, fingerprint, fsync=self.fsync, manifest_sha256=self.manifest_sha256,
-                     index_digests=digests_to_json(digests), trained=trained)
+                     index_digests=digests_to_json(digests), trained=trained, erased=self._erased)
 
     def _grow_and_write(self, jobs: list, start: int, end: int) -> None:
         """Grow every array to ``end`` rows, then write rows [start, end) of each.
@@ -313,21 +336,37 @@ class StoreWriter:
             return
         try:
             self.flush()
-            try:  # compaction is crash-safe; a failure leaves the committed steps as they are
-                # The merged part is recorded before the parts it replaces are deleted.
-                self._index.compact(self.committed, fsync=self.fsync, commit=lambda d: self._commit(self.committed, None, d))
-                ref = write_trained(self.io, trained, fsync=self.fsync) if trained is not None and fingerprint is not None else None
-                self._commit(self.committed, fingerprint, trained=ref)
-                if ref is not None:
-                    delete_stale_trained(self.io, ref["key"])  # after the commit that no longer names them
-            except BaseException as exc:
-                self._error = self._failure(exc, "closing (compacting the index, writing the commit record)")
-                raise self._error from exc
+            self._finish(fingerprint, trained)
         finally:
-            self._closed = True
-            self._executor.shutdown(wait=True)
-            if self._lease is not None:
-                self._lease.release()
+            self._release()
+
+    def _finish(self, fingerprint: str | None, trained) -> None:
+        """What close writes after the last flush: the compacted index, trained weights, the final commit record."""
+        try:  # compaction is crash-safe; a failure leaves the committed steps as they are
+            # The merged part is recorded before the parts it replaces are deleted.
+            self._index.compact(self.committed, fsync=self.fsync, commit=lambda d: self._commit(self.committed, None, d))
+            ref = write_trained(self.io, trained, fsync=self.fsync) if trained is not None and fingerprint is not None else None
+            self._commit(self.committed, fingerprint, trained=ref)
+            if ref is not None:
+                delete_stale_trained(self.io, ref["key"])  # after the commit that no longer names them
+        except BaseException as exc:
+            self._error = self._failure(exc, "closing (compacting the index, writing the commit record)")
+            raise self._error from exc
+        try:  # plain Zarr lists the store from it without warnings (FORMAT.md §2.1); last: nothing depends on it
+            if self._lease is not None:  # object storage: a successor may have taken the store over (and appended)
+                self._lease.check()
+            write_consolidated(self.io, self.manifest, self.committed, self.manifest_sha256, fsync=self.fsync)
+        except BaseException as exc:
+            self._error = self._failure(exc, "closing (writing the root's consolidated metadata for plain Zarr readers; "
+                                             "the fingerprint and trained weights are committed)")
+            raise self._error from exc
+
+    def _release(self) -> None:
+        """Stop the writer thread and release the store (the writer lock)."""
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        if self._lease is not None:
+            self._lease.release()
 
     def abort(self) -> None:
         """Stop without committing the buffered tail (what a crash leaves) and release the store."""

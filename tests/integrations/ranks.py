@@ -26,20 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(fn, *args, nprocs: int = WORLD) -> None:
+def spawn(fn, *args, nprocs: int = WORLD, timeout_s: float = 120) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_entry, args=(nprocs, free_port(), fn, args), nprocs=nprocs, join=True)
+    mp.spawn(_entry, args=(nprocs, free_port(), fn, args, timeout_s), nprocs=nprocs, join=True)
 
 
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
+def _entry(rank: int, world: int, port: int, fn, args, timeout_s: float = 120) -> None:
     torch.set_num_threads(1)
     # What torchrun would set: Lightning then joins this process group instead of launching its own.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), NODE_RANK="0", GROUP_RANK="0")
-    # A collective that waits for a dead or diverged rank fails after 120 s instead of hanging CI.
+    # A collective that waits for a dead or diverged rank fails after timeout_s instead of hanging CI.
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=120))
+                            timeout=datetime.timedelta(seconds=timeout_s))
     try:
         fn(rank, world, *args)
     finally:
@@ -82,7 +82,7 @@ def train(model, opt, rec, rank: int, world: int, *, strings_rec=None, steps: in
 
 
 def ddp_worker(rank: int, world: int, root: str) -> None:
-    """DDP: ids of both ranks (int and string) in rank 0's store, unwrapped names, forget on the plain model."""
+    """DDP: ids of both ranks (int and string) in rank 0's store (or per-rank writes), unwrapped names, forget on the plain model."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from deltastore import InvalidArgumentError, Recorder
@@ -115,20 +115,36 @@ def ddp_worker(rank: int, world: int, root: str) -> None:
         assert rank == 0 or isinstance(exc, RecordingFailedError), exc
 
     dense = dict(plan=PruningPlan.dense(), value_dtype="float32")
-    rec = Recorder(root / "ints", ddp, opt, **dense)
+    seam = CountShardWrites()
+    rec = Recorder(root / "ints", ddp, opt, **dense)  # DDP's default: rank 0 records and writes everything
+    rec_c = Recorder(root / "ints-spread", ddp, opt, rank_writes="spread", **dense)  # each rank its groups, from its replica
+
+    class Both:
+        def samples(self, ids):
+            rec.samples(ids)
+            rec_c.samples(ids)
+
     rec_s = Recorder(root / "strs", ddp, opt, sample_id_type="string")  # default pruned int8 store
-    train(ddp, opt, rec, rank, world, strings_rec=rec_s)
+    train(ddp, opt, Both(), rank, world, strings_rec=rec_s)
     assert rec.step == 8 and rec_s.step == 8, (rec.step, rec_s.step)
-    rec.close()
-    rec_s.close()
+    for r in (rec, rec_c, rec_s):
+        r.close()
+    seam.remove()
+    written = {store for store, _, _ in seam.written}
+    # Both ranks wrote the per-rank store; only rank 0 the others.
+    assert "ints-spread" in written and ({"ints", "strs"} <= written) == (rank == 0), (rank, written)
+    assert ({"ints", "strs"} & written) == set() or rank == 0, (rank, written)
     dist.barrier()
     if rank != 0:
         assert not (root / "ints" / "rank1").exists()
         return
     from deltastore import verify_store
 
-    assert verify_store(root / "ints").ok and verify_store(root / "strs").ok
-    r = StoreReader(root / "ints")
+    assert verify_store(root / "ints").ok and verify_store(root / "strs").ok and verify_store(root / "ints-spread").ok
+    r, rc = StoreReader(root / "ints"), StoreReader(root / "ints-spread")
+    for step in range(8):  # who records a replica's group does not change a bit
+        a, b = r.sum_updates([step]).updates, rc.sum_updates([step]).updates
+        assert all(torch.equal(a[t], b[t]) for t in a), step
     assert r.committed_steps == 8
     assert all(not t.name.startswith("module.") for t in r.manifest.tensors), [t.name for t in r.manifest.tensors]
     for step in range(8):  # step s saw ids [8s, 8s+8) mod 32: both ranks' halves
@@ -145,8 +161,32 @@ def ddp_worker(rank: int, world: int, root: str) -> None:
         assert torch.allclose(v, initial[k], atol=1e-5), k
 
 
+class CountShardWrites:
+    """A counting seam: the shard objects this process writes (store name, array path, first row), while installed."""
+
+    def __init__(self):
+        from deltastore.format.shards import ShardEncoder
+
+        self.cls, self.original, self.written = ShardEncoder, ShardEncoder.write, []
+        seam = self
+
+        def counting(encoder, data, start, *, fsync=False):
+            done = seam.original(encoder, data, start, fsync=fsync)
+            seam.written.append((Path(encoder.io.url).name, encoder.layout.path, int(start)))
+            return done
+
+        ShardEncoder.write = counting
+
+    def remove(self) -> None:
+        self.cls.write = self.original
+
+
 def fsdp_worker(rank: int, world: int, root: str) -> None:
-    """FSDP2: the store of a 2-rank run decodes to the 1-process run's updates; forget on the shards."""
+    """FSDP2: the store of a 2-rank run decodes to the 1-process run's updates; forget on the shards.
+
+    Every rank writes the groups the plan gives it: what each rank wrote is saved for the test."""
+    import json
+
     from torch.distributed.fsdp import fully_shard
 
     from deltastore import Recorder
@@ -154,12 +194,16 @@ def fsdp_worker(rank: int, world: int, root: str) -> None:
     from unlearning.distributed import forget_sharded
 
     root = Path(root)
+    seam = CountShardWrites()
     model = net()
     fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     recs = [Recorder(root / "fsdp-dense", model, opt, plan=PruningPlan.dense(), value_dtype="float32"),
             Recorder(root / "fsdp-random", model, opt, plan=PruningPlan.uniform(0.5), value_dtype="float32"),
-            Recorder(root / "fsdp-magnitude", model, opt, plan=PruningPlan.uniform(0.5, mode="magnitude"), value_dtype="float32")]
+            Recorder(root / "fsdp-magnitude", model, opt, plan=PruningPlan.uniform(0.5, mode="magnitude"), value_dtype="float32"),
+            # The same recording with rank 0 writing every group: the test requires the same decoded bits.
+            Recorder(root / "fsdp-random-coordinator", model, opt, plan=PruningPlan.uniform(0.5), value_dtype="float32",
+                     rank_writes="coordinator")]
 
     class Both:
         def samples(self, ids):
@@ -169,6 +213,9 @@ def fsdp_worker(rank: int, world: int, root: str) -> None:
     train(model, opt, Both(), rank, world)
     for r in recs:
         r.close()
+    seam.remove()
+    owners = {Path(r.writer.io.url).name: r.writer.owners for r in recs}
+    (root / f"fsdp-writes-{rank}.json").write_text(json.dumps({"written": seam.written, "owners": owners}))
     final = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
     if rank == 0:
         torch.save({k: v for k, v in final.items()}, root / "fsdp-final.pt")
@@ -178,6 +225,62 @@ def fsdp_worker(rank: int, world: int, root: str) -> None:
     after = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
     if rank == 0:
         torch.save(after, root / "fsdp-after-forget.pt")
+
+
+def fsdp_one_rank_worker(rank: int, world: int, root: str) -> None:
+    """FSDP2 on a 1-rank mesh (no peers, no exchange): the whole step's batch on one rank."""
+    from torch.distributed.fsdp import fully_shard
+
+    from deltastore import Recorder
+    from deltastore.plan import PruningPlan
+
+    model = net()
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(Path(root) / "fsdp-one-rank", model, opt, plan=PruningPlan.uniform(0.5), value_dtype="float32") as rec:
+        train(model, opt, rec, rank, world)
+
+
+def fsdp_url_worker(rank: int, world: int, url: str) -> None:
+    """FSDP2 recorded to a store URL (object storage) with per-rank writes: both ranks must write."""
+    from torch.distributed.fsdp import fully_shard
+
+    from deltastore import Recorder
+    from deltastore.plan import PruningPlan
+
+    seam = CountShardWrites()
+    model = net()
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Recorder(url, model, opt, plan=PruningPlan.uniform(0.5), value_dtype="float32", steps_per_shard=2) as rec:
+        train(model, opt, rec, rank, world)
+    seam.remove()
+    assert seam.written, f"rank {rank} wrote no shard"
+
+
+def fsdp_layouts_worker(rank: int, world: int, root: str) -> None:
+    """FSDP2 with weights sharded along dim 1, and biases taken through the gather-whole fallback."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard
+
+    from deltastore import Recorder
+    from deltastore.plan import PruningPlan
+    from deltastore.record import exchange
+
+    layout = exchange._layout
+    exchange._layout = lambda t, w: ("full", 0) if t.ndim == 1 else layout(t, w)  # as for a 2-D mesh or strided shards
+    try:
+        model = net()
+        fully_shard(model, shard_placement_fn=lambda p: Shard(1) if p.ndim == 2 else None)
+        assert str(model[3].weight.placements[0]) == "S(1)", model[3].weight.placements
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rec = Recorder(Path(root) / "fsdp-layouts", model, opt, plan=PruningPlan.dense(), value_dtype="float32")
+        modes = {s.mode for s in rec._exchange._tensors.values()}
+        assert modes == {"shard", "full"}, modes
+        train(model, opt, rec, rank, world)
+        rec.close()
+    finally:
+        exchange._layout = layout
 
 
 def lightning_worker(rank: int, world: int, root: str) -> None:
@@ -293,6 +396,7 @@ def killed_rank_worker(rank: int, world: int, root: str) -> None:
 
 def fsdp_then_kill_worker(rank: int, world: int, root: str) -> None:
     fsdp_worker(rank, world, root)
+    fsdp_layouts_worker(rank, world, root)
     readme_worker(rank, world, root, "fsdp")
     hf_trainer_worker(rank, world, root)
     (Path(root) / f"fsdp-done-{rank}").write_text("ok")

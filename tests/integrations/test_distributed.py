@@ -6,6 +6,8 @@ Spawning ranks costs seconds, so each test runs one spawn that checks several th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -44,6 +46,20 @@ def _check_killed_store(root):
     assert verify_store(path).ok
 
 
+def _check_per_rank_writes(root, stores):
+    """Each rank wrote the shards of exactly the groups the plan gave it, both ranks wrote, no shard twice."""
+    seen = [json.loads((root / f"fsdp-writes-{r}.json").read_text()) for r in range(ranks.WORLD)]
+    for store in stores:
+        owners = seen[0]["owners"][store]
+        assert owners == seen[1]["owners"][store], store  # one plan, computed alike on every rank
+        manifest = StoreReader(root / store).manifest
+        by_rank = [[(path, start) for name, path, start in s["written"] if name == store] for s in seen]
+        for r, writes in enumerate(by_rank):
+            expected = {f"{g.path}/{a}" for g, o in zip(manifest.groups, owners) if o == r for a in manifest.arrays(g)}
+            assert writes and {p for p, _ in writes} == expected, (store, r, writes, expected)
+        assert not set(by_rank[0]) & set(by_rank[1]), store
+
+
 def _one_process(path, plan):
     """The same training in one process: each step's batch is both ranks' batches together."""
     model = ranks.net()
@@ -68,6 +84,13 @@ def test_fsdp2_store_does_not_depend_on_the_number_of_ranks_hf_trainer_under_ddp
     _check_killed_store(tmp_path)
     plans = {"dense": PruningPlan.dense(), "random": PruningPlan.uniform(0.5),
              "magnitude": PruningPlan.uniform(0.5, mode="magnitude")}
+    _check_per_rank_writes(tmp_path, [f"fsdp-{name}" for name in plans])
+    # Who writes does not change a bit: per-rank writes vs rank 0 writing all, same training.
+    spread, coord = StoreReader(tmp_path / "fsdp-random"), StoreReader(tmp_path / "fsdp-random-coordinator")
+    assert set(json.loads((tmp_path / "fsdp-writes-1.json").read_text())["owners"]["fsdp-random-coordinator"]) == {0}
+    for step in range(8):
+        us, uc = spread.sum_updates([step]).updates, coord.sum_updates([step]).updates
+        assert all(torch.equal(us[t], uc[t]) for t in us), step
     for name, plan in plans.items():
         single = _one_process(tmp_path / f"one-{name}", plan)
         a, b = StoreReader(tmp_path / f"one-{name}"), StoreReader(tmp_path / f"fsdp-{name}")
@@ -83,6 +106,12 @@ def test_fsdp2_store_does_not_depend_on_the_number_of_ranks_hf_trainer_under_ddp
                 # float32 rounding grown over 8 SGD steps. Measured: max |diff| 3.0e-8 (updates
                 # ~1e-3), about half the tensors bit-equal; atol 1e-7 leaves 3x headroom.
                 assert torch.allclose(ua[t], ub[t], rtol=1e-4, atol=1e-7), (name, step, t, (ua[t] - ub[t]).abs().max())
+    # Weights sharded along dim 1 and biases gathered whole (the fallback for other layouts): same updates.
+    a, b = StoreReader(tmp_path / "one-dense"), StoreReader(tmp_path / "fsdp-layouts")
+    assert verify_store(tmp_path / "fsdp-layouts").ok and b.committed_steps == 8
+    for step in range(8):
+        ua, ub = a.sum_updates([step]).updates, b.sum_updates([step]).updates
+        assert all(torch.allclose(ua[t], ub[t], rtol=1e-4, atol=1e-7) for t in ua), step
     final = torch.load(tmp_path / "fsdp-final.pt", weights_only=True)
     for k, v in single.state_dict().items():
         assert torch.allclose(v, final[k], atol=1e-5), k
@@ -97,3 +126,14 @@ def test_fsdp2_store_does_not_depend_on_the_number_of_ranks_hf_trainer_under_ddp
     forget(plain, tmp_path / "fsdp-dense", list(range(ranks.SAMPLES)))
     for k, v in plain.state_dict().items():
         assert torch.allclose(v, initial[k], atol=1e-5), k
+
+
+def test_fsdp2_on_one_rank_records_what_one_plain_process_records(tmp_path):
+    ranks.spawn(ranks.fsdp_one_rank_worker, str(tmp_path), nprocs=1)
+    _one_process(tmp_path / "plain", PruningPlan.uniform(0.5))
+    a, b = StoreReader(tmp_path / "plain"), StoreReader(tmp_path / "fsdp-one-rank")
+    assert verify_store(tmp_path / "fsdp-one-rank").ok and a.committed_steps == b.committed_steps == 8
+    for step in range(8):
+        ua, ub = a.sum_updates([step]).updates, b.sum_updates([step]).updates
+        for t in ua:  # the same batch, the same math on one rank (same tolerance as the 2-rank test)
+            assert torch.allclose(ua[t], ub[t], rtol=1e-4, atol=1e-7), (step, t, (ua[t] - ub[t]).abs().max())

@@ -106,6 +106,10 @@ class Checkpointer:
         meta = _optimizer_meta(self.optimizer)
         meta["step_count"] = int(max(adam_steps)) if adam_steps else 0
         blob = save(tensors, metadata={"step": str(int(step)), "optimizer": json.dumps(meta)})
+        if not self.bytes_written:  # an encrypted store's checkpoints are sealed: never written through a plain seam
+            from deltastore.crypto import refuse_plain_writes
+
+            refuse_plain_writes(self.io)
         self.io.write(_key(step, "safetensors"), blob)
         self.io.write(_key(step, "sha256"), hashlib.sha256(blob).hexdigest().encode())
         self.bytes_written += len(blob)
