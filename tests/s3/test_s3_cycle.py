@@ -111,13 +111,21 @@ def test_every_cli_command_takes_the_url(recorded, tmp_path, capsys):
                     "--out", str(tmp_path / "r.safetensors")],
         "audit": ["audit", url],
         "lookup": ["lookup", url, "--samples", str(ids)],
+        # last: a purge erases for good (the ids leave this module's store; no later test uses it)
+        "purge": ["purge", url, "--request", "cli-purge", "--model", str(tmp_path / "p.safetensors"),
+                  "--out", str(tmp_path / "after-purge.safetensors")],
     }
     ran = []
-    for name in ["info", "verify", "forget", "restore", "audit", "lookup"]:
+    for name in ["info", "verify", "forget", "restore", "audit", "lookup", "purge"]:
         if name not in commands:
             continue
+        if name == "purge":  # a live request to make final
+            assert main(["forget", url, "--model", str(tmp_path / "r.safetensors"), "--samples", str(ids),
+                         "--out", str(tmp_path / "p.safetensors"), "--request-id", "cli-purge"]) == 0, capsys.readouterr().err
         assert main(runs[name]) == 0, (name, capsys.readouterr().err)
         ran.append(name)
-    untested = commands - set(runs) - {"demo"}  # demo: tests/s3/test_s3_demo.py
+    assert main(["verify", url]) == 0, capsys.readouterr().err
+    # demo: tests/s3/test_s3_demo.py; keygen takes no store (tests/test_crypto.py)
+    untested = commands - set(runs) - {"demo", "keygen"}
     assert not untested, f"add the new subcommands {sorted(untested)} to this test"
-    assert {"info", "verify", "forget", "restore"} <= set(ran)
+    assert {"info", "verify", "forget", "restore", "purge"} <= set(ran)
