@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deltastore.cli import main
-from deltastore.errors import InvalidArgumentError, LedgerError
+from deltastore.errors import CorruptStoreError, InvalidArgumentError, LedgerError
 from deltastore.format import model_fingerprint, read_commit
 from deltastore.format.trained import read_trained
 from deltastore.read import StoreReader
@@ -283,6 +283,46 @@ def test_byte_scan_finds_nothing_of_the_purged_request(tmp_path, id_type):
     assert not set(purged) & _parquet_ids(path)
     unknown = "aaa-never-seen" if id_type == "string" else 9_999_999_999
     assert unknown not in _parquet_ids(path)
+    assert verify_store(path).ok
+
+
+@pytest.mark.parametrize("id_type", ["int64", "string"])
+def test_other_requests_ids_files_are_redacted_not_left_holding_the_purged_ids(tmp_path, id_type, capsys):
+    """A restored request R and a live request Q also named a purged id: their ids files are
+    rewritten without it (the tombstone names the copies and their digests); the byte scan of
+    the whole store finds no purged id, and R's and Q's other ids still read back."""
+    from unlearning.ledger import Ledger
+
+    path = tmp_path / "s"
+    model, purged = _record_custom(path, id_type)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    other = [8, 9] if id_type == "int64" else ["sample-000008", "sample-000009"]
+    forget(state, path, [purged[0], other[0]], request_id="R")
+    restore(state, path, "R")
+    forget(state, path, [other[1], purged[1]], request_id="Q")
+    forget(state, path, purged, request_id="P")
+    needles = {k: v for k, v in _needles(path, purged, [2, 5]).items() if v.startswith("id") and "(decimal)" not in v}
+    assert _scan(path / "ledger", needles) == set(needles.values())  # positive control: R's, Q's and P's ids files hold them
+    t = purge(path, "P", state).receipt
+    assert sorted(t.redacted) == ["Q", "R"] and t.unredacted == []
+    assert _scan(path, needles) == set() and not set(purged) & _parquet_ids(path)
+    ledger = Ledger(StoreReader(path).io)
+    entries = ledger.entries()
+    assert ledger.read_ids(Ledger.forget_entry(entries, "R")) == [other[0]]
+    assert ledger.read_ids(Ledger.forget_entry(entries, "Q")) == [other[1]]
+    assert sorted(os.listdir(path / "ledger" / "ids")) == [f"Q.redacted-{t.request_id}.parquet", f"R.redacted-{t.request_id}.parquet"]
+    assert main(["audit", str(path), "--ids", "R"]) == 0 and str(other[0]) in capsys.readouterr().out
+    # A damaged copy is named as such (its digest is the tombstone's, which the chain covers).
+    copy = path / "ledger" / "ids" / f"R.redacted-{t.request_id}.parquet"
+    good = copy.read_bytes()
+    copy.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(CorruptStoreError, match="purge tombstone"):
+        ledger.read_ids(Ledger.forget_entry(entries, "R"))
+    copy.write_bytes(good)
+    # Q stays live and purgeable through its redacted copy: its remaining id leaves the index in turn.
+    purge(path, "Q", state)
+    assert other[1] not in _parquet_ids(path) and other[0] in _parquet_ids(path)
+    assert sorted(os.listdir(path / "ledger" / "ids")) == [f"R.redacted-{t.request_id}.parquet"]
     assert verify_store(path).ok
 
 

@@ -48,7 +48,9 @@ def _state(entries, trained_fp):
     live = Ledger.live_forgets(entries)
     expected = Ledger.expected_fingerprint(entries, trained_fp)
     if expected is not None and expected == trained_fp:
-        words = "the trained model"
+        # after a purge the store's base is the trained model with the purged requests folded in
+        words = "the store's base (trained model minus purged requests)" if any(e.kind == "purge" for e in entries) \
+            else "the trained model"
     elif entries:
         words = f"the --out of request {entries[-1].request_id}"
     else:

@@ -155,7 +155,9 @@ def _purge_cmd(args) -> int:
     if receipt_path is not None:
         write_receipt(t, receipt_path)
     print(f"purged request {t.purges}: {len(t.erased_steps)} steps erased, ids file and {len(t.deleted) - 1} checkpoint file(s) "
-          f"deleted, {result.bytes_rewritten:,} B of shards rewritten; tombstone {t.request_id} (ledger entry {t.sequence})")
+          f"deleted, {result.bytes_rewritten:,} B of shards (or data keys) rewritten; tombstone {t.request_id} (ledger entry {t.sequence})")
+    if t.redacted:
+        print(f"redacted: the purged ids removed from the ids files of request(s) {', '.join(sorted(t.redacted))}")
     if result.max_change == result.max_change:  # not NaN: this run made the new base
         print(f"model {t.fingerprint_before[:19]}... -> {t.fingerprint_after[:19]}... (largest change {result.max_change:.3g} in parameters, {result.max_buffer_change:.3g} in buffers)"
               + (f"; wrote {out}" if out is not None else ""))

@@ -85,6 +85,9 @@ class Receipt:
     trained_sha256: str | None = None
     deleted: list[str] = field(default_factory=list)  # store keys deleted besides rows and parts (ids file, checkpoints)
     unredacted: list[str] = field(default_factory=list)  # what the purge could not redact (older entries' inline ids)
+    # Other requests' ids files that held purged ids, rewritten without them under a new key:
+    # {request id: {"key": ..., "sha256": ...}}; the latest tombstone naming a request wins (FORMAT.md §7.2).
+    redacted: dict = field(default_factory=dict)
     created: float = 0.0
     sequence: int = -1
     ledger_version: int = LEDGER_VERSION
@@ -123,6 +126,11 @@ def entry_key(sequence: int, request_id: str) -> str:
 def ids_key(request_id: str) -> str:
     """The store key of a request's ids: ``ledger/ids/<request id>.parquet``."""
     return f"{IDS_DIR}/{request_id}.parquet"
+
+
+def redacted_ids_key(request_id: str, purge_id: str) -> str:
+    """Where a purge writes a request's ids without the purged ones (FORMAT.md §7.2)."""
+    return f"{IDS_DIR}/{parse_request_id(request_id)}.redacted-{parse_request_id(purge_id)}.parquet"
 
 
 def encode_ids(ids) -> bytes:
@@ -313,8 +321,19 @@ class Ledger:
         self.io.write(key, data, fsync=fsync)  # replaced whole: a failed earlier attempt left no entry naming it
         return key, _ids_digest(self.io, key, data)
 
-    def read_ids(self, receipt: Receipt) -> list:
-        """The ids of a forget entry, checked against the digest the entry carries.
+    @staticmethod
+    def redaction(entries: list[Receipt], request_id: str) -> dict | None:
+        """The latest tombstone's redacted copy of ``request_id``'s ids file ({key, sha256}), or None."""
+        found = None
+        for r in entries:
+            if r.kind == "purge" and isinstance(r.redacted, dict) and isinstance(r.redacted.get(request_id), dict):
+                found = r.redacted[request_id]
+        return found
+
+    def read_ids(self, receipt: Receipt, entries: list[Receipt] | None = None) -> list:
+        """The ids of a forget entry, checked against the digest the entry carries (or, once a
+        purge redacted the file, the digest its tombstone carries; ``entries``: the ledger, read
+        if not given).
 
         LedgerError for entries written before ids were kept; CorruptStoreError naming the
         file when it is missing, damaged or not a one-column Parquet table of ids.
@@ -325,14 +344,26 @@ class Ledger:
         if key != ids_key(receipt.request_id):
             raise CorruptStoreError(f"{self.io.where(entry_key(receipt.sequence, receipt.request_id))}: expected ids_file "
                                     f"{ids_key(receipt.request_id)!r}, got {key!r}")
+        red = self.redaction(self.entries() if entries is None else entries, receipt.request_id)
+        key, digest = (red["key"], red["sha256"]) if red else (key, receipt.ids_sha256)
         try:
             data = self.io.read(key)
         except FileNotFoundError:
             raise CorruptStoreError(f"{self.io.where(key)}: expected the ids of request {receipt.request_id!r}, the file is missing") from None
-        if _ids_digest(self.io, key, data) != receipt.ids_sha256:
-            raise CorruptStoreError(f"{self.io.where(key)}: expected bytes hashing to {str(receipt.ids_sha256)[:23]}... "
-                                    "(the ledger entry's digest), they do not (damaged or edited)")
+        if _ids_digest(self.io, key, data) != digest:
+            raise CorruptStoreError(f"{self.io.where(key)}: expected bytes hashing to {str(digest)[:23]}... "
+                                    f"(the digest in {'its purge tombstone' if red else 'the ledger entry'}), they do not "
+                                    "(damaged or edited)")
         return decode_ids(data, self.io.where(key))
+
+    def write_redacted_ids(self, request_id: str, ids, purge_id: str, *, fsync: bool = True) -> dict:
+        """Write ``request_id``'s ids without purged ones under ``ledger/ids/<request>.redacted-<purge>.parquet``
+        (a new key: the file the entry or an earlier tombstone names stays valid until the
+        tombstone naming this one is appended). Returns {key, sha256} for the tombstone."""
+        key = redacted_ids_key(request_id, purge_id)
+        data = encode_ids(ids)
+        self.io.write(key, data, fsync=fsync)
+        return {"key": key, "sha256": _ids_digest(self.io, key, data)}
 
     # ---- writing ------------------------------------------------------------------
     def append(self, receipt: Receipt) -> str:

@@ -33,13 +33,13 @@ import torch
 
 from deltastore.devices import parse_device
 from deltastore.erase import BeforeRewrite, commit_erase, finish_erase, mark_erase_done, writer_lease
-from deltastore.errors import InvalidArgumentError, LedgerError
+from deltastore.errors import CorruptStoreError, InvalidArgumentError, LedgerError
 from deltastore.format import model_fingerprint, read_commit
 from deltastore.format.commit import erased_steps
 from deltastore.format.trained import has_trained
 from deltastore.read import StoreReader
 
-from .ledger import Ledger, Receipt, entry_key, ids_key, new_request_id, parse_request_id
+from .ledger import IDS_DIR, Ledger, Receipt, entry_key, ids_key, new_request_id, parse_request_id
 
 _CHECKPOINT = re.compile(r"^step-(\d{8})\.(safetensors|sha256)$")
 
@@ -74,22 +74,60 @@ def _checkpoints_after(io, first: int) -> list[str]:
     return sorted(out, key=lambda k: (k.rsplit(".", 1)[0], not k.endswith(".sha256")))
 
 
+def _others_with_ids(entries: list[Receipt], request_id: str) -> list[Receipt]:
+    """The other forget requests whose ids files a purge of ``request_id`` may have to redact."""
+    return [e for e in entries if e.kind == "forget" and e.request_id != request_id and e.ids_file
+            and not Ledger.tombstone(entries, e.request_id)]
+
+
+def _redact_other_ids(ledger: Ledger, entries: list[Receipt], request_id: str, tomb: Receipt) -> dict:
+    """Rewrite, without the purged ids, every other unpurged forget request's ids file that holds any.
+    (purge checked every such file before its commit point; one damaged since is left and reported.)"""
+    wanted = set(ledger.read_ids(Ledger.forget_entry(entries, request_id), entries))
+    out = {}
+    for e in _others_with_ids(entries, request_id):
+        try:
+            ids = ledger.read_ids(e, entries)
+        except CorruptStoreError as exc:
+            tomb.unredacted.append(f"{e.ids_file}: not redacted, unreadable ({exc})")
+            continue
+        if wanted.intersection(ids):
+            out[e.request_id] = ledger.write_redacted_ids(e.request_id, [i for i in ids if i not in wanted], tomb.request_id)
+    return out
+
+
+def _superseded_ids(io, redacted: dict) -> list[str]:
+    """The ids files of the redacted requests other than their new copies (the original, earlier copies)."""
+    keep = {r["key"] for r in redacted.values()}
+    out = []
+    for request_id in redacted:
+        for name in io.list_dir(IDS_DIR):
+            key = f"{IDS_DIR}/{name}"
+            if key not in keep and (key == ids_key(request_id) or name.startswith(f"{request_id}.redacted-")):
+                out.append(key)
+    return out
+
+
 def _roll_forward(io, ledger: Ledger, before_rewrite: BeforeRewrite | None = None) -> tuple[Receipt | None, int]:
     """Finish a purge past its commit point (locks held): rows, old files, tombstone, done."""
     record = finish_erase(io, before_rewrite=before_rewrite, fsync=True)
     if record is None:
         return None, 0
-    for key in record.get("delete", []):  # the ids file and later checkpoints
-        io.delete(key)
     entries = ledger.entries()
     tomb = Ledger.tombstone(entries, record["request"])
     if tomb is None:
         commit = read_commit(io)
         tomb = Receipt.from_json(record["tombstone"])
+        # Other requests' ids files holding purged ids: copies without them, under new keys
+        # (the files they replace stay valid until this tombstone names the copies).
+        tomb.redacted = _redact_other_ids(ledger, entries, record["request"], tomb)
         tomb.trained_key = commit["trained"]["key"]
         tomb.trained_sha256 = commit["trained"]["sha256"]
         tomb.created = time.time()
         ledger.append(tomb)  # create-if-absent, fsynced
+    # After the tombstone: the request's ids file, later checkpoints, and the files the redacted copies replace.
+    for key in record.get("delete", []) + _superseded_ids(io, tomb.redacted):
+        io.delete(key)
     mark_erase_done(io, record["purge"], fsync=True)
     return tomb, record.get("bytes_rewritten", 0)
 
@@ -103,8 +141,9 @@ def finish_pending(store, *, lock_timeout: float = 60.0) -> Receipt | None:
         return _roll_forward(reader.io, ledger)[0]
 
 
-def _unredacted(ledger: Ledger, entries: list[Receipt], target: Receipt, ids: list) -> list[str]:
-    """What the purge cannot redact: inline ids of older entries, other requests' ids files."""
+def _unredacted(entries: list[Receipt], target: Receipt, ids: list) -> list[str]:
+    """What the purge cannot redact: inline ids of older entries (other requests' ids files are
+    rewritten without the purged ids, :func:`_redact_other_ids`)."""
     out = []
     if target.unknown_ids:
         out.append(f"{entry_key(target.sequence, target.request_id)}: {len(target.unknown_ids)} unknown ids inline "
@@ -115,13 +154,6 @@ def _unredacted(ledger: Ledger, entries: list[Receipt], target: Receipt, ids: li
             continue
         if e.unknown_ids and wanted & set(e.unknown_ids):
             out.append(f"{entry_key(e.sequence, e.request_id)}: holds purged ids inline")
-        if e.ids_file and not Ledger.tombstone(entries, e.request_id):
-            try:
-                shared = len(wanted & set(ledger.read_ids(e)))
-            except Exception:  # a damaged file of another request: reported by audit, not our business here
-                continue
-            if shared:
-                out.append(f"{e.ids_file}: {shared} of the purged ids are also in request {e.request_id!r} (erased when it is purged)")
     return out
 
 
@@ -201,7 +233,9 @@ def purge(
         if target.ids_file is None:
             raise LedgerError(f"purge: request {request_id!r} keeps no ids (written before deltastore kept them); "
                               "its index rows cannot be found to erase")
-        ids = ledger.read_ids(target)
+        ids = ledger.read_ids(target, ctx.entries)
+        for e in _others_with_ids(ctx.entries, request_id):  # a damaged ids file could not be redacted after the commit point
+            ledger.read_ids(e, ctx.entries)
         if buffers is None:  # as the request's forget: its buffer changes are in the model iff it subtracted them
             buffers = "fold" if target.buffers == "subtract" else "keep"
         expected = Ledger.expected_fingerprint(ctx.entries, reader.model_fingerprint)
@@ -237,12 +271,13 @@ def purge(
         fp_after = model_fingerprint(state)
         if before_commit is not None:
             before_commit({**(named or {}), **state})
-        delete = [ids_key(request_id)] + (_checkpoints_after(io, new_steps[0]) if new_steps else [])
+        copy = Ledger.redaction(ctx.entries, request_id)  # an earlier purge may have redacted this request's ids file
+        delete = [copy["key"] if copy else ids_key(request_id)] + (_checkpoints_after(io, new_steps[0]) if new_steps else [])
         tomb = Receipt(request_id=purge_id, kind="purge", purges=request_id, sample_count=target.sample_count,
                        erased_steps=new_steps, ids_sha256=target.ids_sha256, fingerprint_before=before, fingerprint_after=fp_after,
                        plan=target.plan, buffers="subtract" if buffers == "fold" else "keep", device=str(dev),
                        forced=reason is not None, force_reason=reason, derived_from="trained",
-                       deleted=delete, unredacted=_unredacted(ledger, ctx.entries, target, ids),
+                       deleted=delete, unredacted=_unredacted(ctx.entries, target, ids),
                        seconds=time.perf_counter() - t0)
         lease.check()  # object storage: still ours (renewed in time), so no other writer can be in between
         commit_erase(io, request=request_id, purge=purge_id, steps=new_steps, sample_ids=ids, base=base,

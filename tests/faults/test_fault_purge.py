@@ -230,3 +230,35 @@ def test_the_cli_finishes_a_pending_purge_and_writes_the_new_state(forgotten, re
     assert "purged request P: 3 steps erased" in capsys.readouterr().out
     assert _fp(load_file(tmp_path / "after.safetensors")) == ref_fp == audit(path)[-1].fingerprint_after
     assert verify_store(path).notes == []
+
+
+def test_a_failed_write_while_redacting_another_requests_ids_leaves_a_readable_ledger(tmp_path, monkeypatch):
+    """R (restored) shares an id with P: the purge writes R's redacted copy, appends the tombstone
+    naming it, then deletes R's old file. A failed write at each of those points leaves R's ids
+    readable (the old file until the tombstone names the copy), and the next purge finishes."""
+    from unlearning.ledger import Ledger
+
+    src = tmp_path / "src"
+    model, _, _ = record(src, steps=6, steps_per_shard=4)
+    state0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    forget(state0, src, [3, 30], request_id="R")
+    restore(state0, src, "R")
+    forget(state0, src, [3, 4], request_id="P")
+    with monkeypatch.context() as m:
+        seam = _Seam(m)
+        purge(_copy((src, state0), tmp_path / "ref")[0], "P", dict(state0))
+    points = [i for i, o in enumerate(seam.ops) if "ledger/" in o]
+    assert any("R.redacted-" in seam.ops[i] for i in points) and any(seam.ops[i] == "delete ledger/ids/R.parquet" for i in points)
+    for i in points:
+        path, state = _copy((src, state0), tmp_path / f"c{i}")
+        with monkeypatch.context() as m:
+            _Seam(m, fail_at=i)
+            with pytest.raises((OSError, DeltaStoreError)):
+                purge(path, "P", state)
+        ledger = Ledger(StoreReader(path).io)
+        assert sorted(ledger.read_ids(Ledger.forget_entry(ledger.entries(), "R"))) in ([3, 30], [30]), seam.ops[i]
+        assert verify_store(path).ok, seam.ops[i]
+        purge(path, "P", state)  # finishes
+        assert ledger.read_ids(Ledger.forget_entry(ledger.entries(), "R")) == [30], seam.ops[i]
+        names = os.listdir(path / "ledger" / "ids")  # P's file and R's original are gone, R's copy stays
+        assert len(names) == 1 and names[0].startswith("R.redacted-"), (seam.ops[i], names)
