@@ -37,4 +37,13 @@ def test_readme_cli_walkthrough_runs_verbatim_on_the_demo_store(tmp_path):
     receipt = json.loads((tmp_path / "demo-store-out" / "officer-1.json").read_text())
     assert receipt["derived_from"] == "trained" and receipt["ids_file"] == "ledger/ids/officer-1.parquet"
     class_ids = (tmp_path / "demo-store-out" / "class-3-ids.txt").read_text().split()
-    assert out.strip().splitlines()[-3:] == class_ids[:3]  # `audit --ids officer-1 | head -n 3`: its first three ids
+    lines = out.strip().splitlines()
+    i = lines.index(class_ids[0])  # `audit --ids officer-1 | head -n 3`: its first three ids
+    assert lines[i : i + 3] == class_ids[:3]
+    # purge: officer-1 made final, demo-class-3's ids file redacted, and the store verifies
+    assert re.search(r"purged request officer-1: \d+ steps erased", lines[i + 3]), lines[i + 3:]
+    assert "redacted: the purged ids removed from the ids files of request(s) demo-class-3" in out
+    assert lines[-1].startswith("OK: ")
+    ids_dir = tmp_path / "demo-store" / "ledger" / "ids"
+    assert not (ids_dir / "officer-1.parquet").exists() and not (ids_dir / "demo-class-3.parquet").exists()
+    assert (tmp_path / "demo-store-out" / "purged.safetensors").exists()
