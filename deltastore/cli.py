@@ -88,6 +88,7 @@ def _cmd_keygen(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from .format.commit import erased_records, erased_steps
     from .read import StoreReader
 
     r = StoreReader(check_store_path(args.store))
@@ -116,8 +117,8 @@ def _cmd_info(args) -> int:
         "index_rows": r.index.num_rows,
         "trained": r.commit.get("trained"),  # the trained weights kept at close (FORMAT.md §5.1), or null
         # Steps a purge erased for good (FORMAT.md §5.2), and purges whose roll-forward is unfinished.
-        "erased_steps": sum(len(e.get("steps", [])) for e in r.commit.get("erased") or []),
-        "pending_purges": [e.get("request") for e in r.commit.get("erased") or [] if e.get("state") == "pending"],
+        "erased_steps": len(erased_steps(r.commit)),
+        "pending_purges": [e["request"] for e in erased_records(r.commit) if e["state"] == "pending"],
         # Entries of the unlearning layer's ledger (FORMAT.md §7), counted by name: `deltastore audit` reads them.
         "ledger_entries": sum(1 for n in r.io.list_dir("ledger") if re.fullmatch(r"\d{8}-[A-Za-z0-9_.-]+\.json", n)),
     }

@@ -49,21 +49,16 @@ def writer_lease(io, what: str = "purge"):
         lease.release()
 
 
-def _open_index(io, manifest, commit):
+def _clear_unreferenced(io, manifest, commit, *, fsync: bool):
+    """Delete the trained files and index parts the commit record does not name (what a purge
+    interrupted before its commit point left, or what a committed one replaced; no reader uses
+    either). Returns the store's index writer."""
     from .record.store import open_index
 
-    return open_index(io, manifest, commit)
-
-
-def clear_orphans(io, *, fsync: bool = False) -> None:
-    """Delete what a purge interrupted before its commit point left: unnamed trained files
-    and index parts the commit record does not list (no reader uses either)."""
-    commit = read_commit(io)
-    manifest, _ = read_manifest(io)
-    trained = commit.get("trained")
-    if isinstance(trained, dict) and isinstance(trained.get("key"), str):
-        delete_stale_trained(io, trained["key"])
-    _open_index(io, manifest, commit).collect_garbage(fsync=fsync)
+    delete_stale_trained(io, commit["trained"]["key"])
+    index = open_index(io, manifest, commit)
+    index.collect_garbage(fsync=fsync)
+    return index
 
 
 def commit_erase(io, *, request: str, purge: str, steps: Iterable[int], sample_ids, base: Mapping[str, torch.Tensor],
@@ -89,10 +84,7 @@ def commit_erase(io, *, request: str, purge: str, steps: Iterable[int], sample_i
     committed = commit["committed_steps"]
     if steps and (steps[0] < 0 or steps[-1] >= committed):
         raise InvalidArgumentError(f"steps: expected committed steps in [0, {committed}), got {steps[0]}..{steps[-1]}")
-    # What an interrupted purge left before its commit point: no reader uses it.
-    delete_stale_trained(io, commit["trained"]["key"])
-    index = _open_index(io, manifest, commit)
-    index.collect_garbage(fsync=fsync)
+    index = _clear_unreferenced(io, manifest, commit, fsync=fsync)  # what an interrupted purge left before its commit point
     ref = write_trained(io, base, fsync=fsync)
     wanted = set(steps)
     parts = [k for k, d in commit["index_digests"].items() if k.endswith(".parquet") and _part_holds(k, wanted)]
@@ -166,8 +158,7 @@ def finish_erase(io, *, before_rewrite: BeforeRewrite | None = None, fsync: bool
         record["bytes_rewritten"] = sum(io.size(k) for k in keys)
     else:
         record["bytes_rewritten"] = rewrite_shards(io, manifest, commit["committed_steps"], record["steps"], fsync=fsync)
-    delete_stale_trained(io, commit["trained"]["key"])
-    _open_index(io, manifest, commit).collect_garbage(fsync=fsync)
+    _clear_unreferenced(io, manifest, commit, fsync=fsync)  # the old base, the replaced index parts
     return record
 
 

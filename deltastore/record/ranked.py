@@ -64,12 +64,7 @@ class RankedWriter(StoreWriter):
                 raise self._failed
             # Peers write only while the coordinator's lease holds (object storage: §11), as one
             # process checks its own before writing: rank 0 checks it and tells every rank.
-            lease_error = None
-            if self.coordinator and self._lease is not None:
-                try:
-                    self._lease.check()
-                except BaseException as exc:
-                    lease_error = exc
+            lease_error = self._on_coordinator(self._lease.check if self._lease is not None else None)
             message = self._collective(lambda: self.commit_group.share(lease_error), start, end)
             if message is not None:
                 raise RecordingFailedError(
@@ -88,12 +83,7 @@ class RankedWriter(StoreWriter):
                     f"committed, steps [0, {self.committed}) are committed and intact; reopen with mode='a' on every rank "
                     f"to resume at step {self.committed}", committed_steps=self.committed)
                 raise err from local
-            outcome = None
-            if self.coordinator:
-                try:
-                    self._commit(end, None)
-                except BaseException as exc:
-                    outcome = exc
+            outcome = self._on_coordinator(lambda: self._commit(end, None))
             message = self._collective(lambda: self.commit_group.share(outcome), start, end)
             if message is not None:
                 raise RecordingFailedError(
@@ -112,6 +102,17 @@ class RankedWriter(StoreWriter):
             buf.count = 0
             buf.index_rows = []
             self.write_seconds += time.perf_counter() - t0
+
+    def _on_coordinator(self, fn) -> BaseException | None:
+        """Run ``fn`` on the coordinator only; its exception (None: success, a peer, or no ``fn``),
+        which the caller then shares with every rank."""
+        if not self.coordinator or fn is None:
+            return None
+        try:
+            fn()
+        except BaseException as exc:
+            return exc
+        return None
 
     def _collective(self, fn, start: int, end: int):
         """Run an agreement; a rank that died or stopped answering is a RecordingFailedError."""
@@ -141,12 +142,7 @@ class RankedWriter(StoreWriter):
             return
         try:
             self.flush()  # every flush agreed; no agreement is in flight after this
-            error = None
-            if self.coordinator:
-                try:
-                    self._finish(fingerprint, trained)
-                except BaseException as exc:
-                    error = exc
+            error = self._on_coordinator(lambda: self._finish(fingerprint, trained))
             message = self._collective(lambda: self.commit_group.share(error), self.committed, self.committed)
             if error is not None:
                 raise error

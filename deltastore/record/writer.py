@@ -101,8 +101,9 @@ class StoreWriter:
 
             raise InvalidArgumentError(f"{io.url}: encrypted stores are recorded by one writer; per-rank (FSDP2) recording of an "
                                        "encrypted store is not supported yet (every rank would need the same step data keys)")
-        self._index = index if index is not None or not with_index else open_index(io, manifest, read_commit(io))
-        self._erased = read_commit(io).get("erased")  # purge records (FORMAT.md §5.2): every commit carries them
+        commit = read_commit(io)
+        self._index = index if index is not None or not with_index else open_index(io, manifest, commit)
+        self._erased = commit.get("erased")  # purge records (FORMAT.md §5.2): every commit carries them
         # Steps per flush: a whole shard, unless the memory bound asks for fewer.
         self.capacity = min(manifest.steps_per_shard, capacity(manifest.groups, self.values, options.buffer_bytes))
         self._buffers = [self._alloc(pin_memory) for _ in range(2)]
